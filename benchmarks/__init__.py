@@ -1,0 +1,18 @@
+"""Side-by-side speed benchmarks of nbserverless against Ray and its peers.
+
+Run ``python -m benchmarks [SCENARIO ...] [--rounds N] [--quick]``; see BENCHMARKS.md at the
+repository root. Speed is measured here, never in pytest.
+"""
+
+SCENARIOS = [
+    # first_call runs first: it starts fresh subprocesses with their own Ray cluster and is
+    # least disturbed while the main process has no cluster of its own yet.
+    "first_call",
+    "warm_call",
+    "cold_start",
+    "map_tiny",
+    "map_work",
+    "batch_inference",
+    "metering",
+    "scale_down",
+]
