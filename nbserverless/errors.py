@@ -1,0 +1,45 @@
+"""Exceptions raised by nbserverless itself (user exceptions keep their own type)."""
+
+from __future__ import annotations
+
+
+class RemoteError(Exception):
+    """Base class of infrastructure failures: a replica or node died, a timeout, an
+    infeasible resource request. The message says what happened and what to change."""
+
+
+class ReplicaDiedError(RemoteError):
+    """The replica running the call died (process exit, out of memory, node lost) and the
+    call had no retries left.
+
+    Example: ``@remote(retries=3)`` re-runs the call on another replica up to 3 times.
+    """
+
+
+class CallTimeoutError(RemoteError, TimeoutError):
+    """A call ran longer than the handle's ``timeout``; its replica was recycled.
+    ``except TimeoutError`` catches it."""
+
+
+class InfeasibleError(RemoteError):
+    """The cluster can never provide the requested resources (e.g. ``gpus=1`` and no GPU)."""
+
+
+class CancelledError(RemoteError):
+    """The call was cancelled (Ctrl-C in the notebook, or ``future.cancel()``)."""
+
+
+class SerializationError(TypeError):
+    """An argument, closure or result that cannot be pickled; the message names the object."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised on a replica. It is attached as
+    the ``__cause__`` of the re-raised user exception, so the notebook shows both."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\n" + self.tb

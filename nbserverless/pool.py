@@ -1,0 +1,746 @@
+"""One elastic replica pool per function, class handle or ``%%serverless`` cell.
+
+From zero, replicas start as queued demand needs them (at most ``max_replicas``); calls go to
+the least loaded replica, at most ``concurrency`` at once (map chunks pipeline one more, so a
+replica never waits for the kernel); a replica idle for ``keep_alive`` seconds is removed,
+down to ``min_replicas``. A replica that dies has its calls re-run elsewhere, up to
+``retries``. The pool owns replica state and reports every change to its meter.
+
+Example::
+
+    pool = Pool("square", "function", code, {}, None, Options.resolve())
+    job = Job("call", None, ((3,), {}), 1, done=set_result)
+    pool.submit(job)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray import exceptions as rex
+
+from . import cluster
+from .errors import (
+    CallTimeoutError,
+    CancelledError,
+    InfeasibleError,
+    RemoteError,
+    ReplicaDiedError,
+)
+from .meter import METER
+from .options import Options
+from .output import ROUTER, Sink
+from .replica import Replica
+from .shipping import diagnose_args
+
+log = logging.getLogger("nbserverless")
+
+ReplicaActor = ray.remote(Replica)
+DEATH_ERRORS = (
+    rex.RayActorError,
+    rex.WorkerCrashedError,
+    rex.NodeDiedError,
+    rex.ObjectLostError,
+    rex.OutOfMemoryError,
+)
+CANCEL_GRACE_S = 2.0
+GIVE_WAY_AFTER_S = 0.3
+_call_ids = itertools.count(1)
+_pools: dict[int, Pool] = {}
+_pools_lock = threading.Lock()
+
+#: done(job, ok, value): value is the envelope's value (ok) or an exception (not ok)
+DoneFn = Callable[["Job", bool, Any], None]
+
+
+class Job:
+    """One request to a replica: a call, a batch of items, or a chunk of map items."""
+
+    __slots__ = (
+        "kind",
+        "method",
+        "payload",
+        "n",
+        "star",
+        "done",
+        "sink",
+        "t_submit",
+        "t_dispatch",
+        "cold",
+        "attempts",
+        "rep",
+        "ref",
+        "call_id",
+        "deadline",
+        "pipelined",
+        "cancelled",
+        "finished",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        method: str | None,
+        payload: Any,
+        n: int,
+        done: DoneFn,
+        *,
+        star: bool = False,
+        sink: Sink | None = None,
+        pipelined: bool = False,
+    ):
+        self.kind = kind
+        self.method = method
+        self.payload = payload
+        self.n = n
+        self.star = star
+        self.done = done
+        self.sink = sink if sink is not None else Sink()
+        self.t_submit = time.perf_counter()
+        self.t_dispatch = 0.0
+        self.cold = False
+        self.attempts = 0
+        self.rep: Rep | None = None
+        self.ref: Any = None
+        self.call_id = 0
+        self.deadline: float | None = None
+        self.pipelined = pipelined
+        self.cancelled = False
+        self.finished = False
+
+
+class Rep:
+    """The pool's view of one replica."""
+
+    __slots__ = ("rid", "actor", "state", "outstanding", "t_created", "t_ready", "last_idle", "jobs")
+
+    def __init__(self, rid: str, actor: Any):
+        self.rid = rid
+        self.actor = actor
+        self.state = "pending"  # pending -> loading (placed, billed) -> ready -> dead
+        self.outstanding = 0
+        self.t_created = time.monotonic()
+        self.t_ready = 0.0
+        self.last_idle = time.monotonic()
+        self.jobs: set[Job] = set()
+
+
+class Pool:
+    """The replicas of one function, class handle or cell, and their queue."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        code: bytes,
+        sources: dict,
+        init: tuple | None,
+        options: Options,
+        key: str | None = None,
+    ):
+        self.name = name
+        self.kind = kind
+        self.options = options
+        self.key = key or f"{name}#{id(self)}"
+        self.meter = METER.function(
+            self.key,
+            name=name,
+            kind=kind,
+            cpus=options.cpus,
+            gpus=options.gpus,
+            memory=options.memory,
+        )
+        self._spec = {"code": code, "sources": sources, "kind": kind, "init": init}
+        self._spec_ref: Any = None
+        self.lock = threading.RLock()
+        self.queue: deque[Job] = deque()
+        self.reps: dict[str, Rep] = {}
+        self.hold_min = True
+        self.closed = False
+        self._feasible = False
+        self._rep_ids = itertools.count(1)
+        self.replica_history: deque[tuple[float, int]] = deque(maxlen=10_000)
+        self.init_error: BaseException | None = None
+        with _pools_lock:
+            _pools[id(self)] = self
+        SUPERVISOR.ensure_running()
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Connect and check the request can ever be placed; raises before anything is sent."""
+        if self._feasible:
+            return
+        cluster.ensure_connected()
+        if ROUTER.address is None:
+            ROUTER.start("127.0.0.1" if cluster.is_embedded() else ray.util.get_node_ip_address())
+        self._check_feasible()
+        if self._spec_ref is None:
+            self._spec_ref = ray.put(self._spec)
+        self._feasible = True
+        with self.lock:
+            self._scale_locked()
+
+    def submit(self, job: Job) -> None:
+        """Dispatch at once if a replica has room, else queue (and scale up)."""
+        self.meter.submitted(job.n)
+        with self.lock:
+            if self.closed:
+                raise RuntimeError(f"{self.name}: the session was shut down; call it again")
+            self.hold_min = True
+            rep = None if self.queue else self._pick(job)
+            if rep is not None:
+                self._dispatch_locked(job, rep)
+            else:
+                self.queue.append(job)
+                self._scale_locked()
+        if job.ref is not None and job.kind != "sync":
+            job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+
+    def call_sync(self, method: str | None, args: tuple, kwargs: dict, done: DoneFn) -> Job:
+        """The warm-call hot path: dispatch in the caller's thread and ``ray.get`` here.
+        Falls back to the queue when no replica has room."""
+        job = Job("call", method, (args, kwargs), 1, done)
+        self.meter.submitted(1)
+        with self.lock:
+            self.hold_min = True
+            rep = None if self.queue else self._pick(job)
+            if rep is not None:
+                self._dispatch_locked(job, rep)
+            else:
+                self.queue.append(job)
+                self._scale_locked()
+                return job
+        if job.ref is None:  # dispatch failed (unpicklable argument): already reported
+            return job
+        try:
+            result: Any = ray.get(job.ref, timeout=self.options.timeout)
+        except rex.GetTimeoutError:
+            self._on_timeout(job)
+            return job
+        except KeyboardInterrupt:
+            self.cancel(job)
+            raise
+        except Exception as exc:
+            result = exc
+        self._finish(job, result)
+        return job
+
+    def _on_ref(self, job: Job, fut: Any) -> None:
+        try:
+            result = fut.result()
+        except Exception as exc:
+            result = exc
+        self._finish(job, result)
+
+    # -- routing and dispatch ------------------------------------------------------------
+
+    def _pick(self, job: Job) -> Rep | None:
+        cap = self.options.concurrency + (1 if job.pipelined else 0)
+        best = None
+        for rep in self.reps.values():
+            if rep.state == "ready" and rep.outstanding < cap:
+                if best is None or rep.outstanding < best.outstanding:
+                    best = rep
+                    if rep.outstanding == 0:
+                        break
+        return best
+
+    def _dispatch_locked(self, job: Job, rep: Rep) -> None:
+        job.rep = rep
+        job.call_id = call_id = next(_call_ids)
+        job.t_dispatch = now = time.perf_counter()
+        if rep.t_ready > job.t_submit:
+            job.cold = True
+        actor = rep.actor
+        try:
+            if job.kind == "call":
+                args, kwargs = job.payload
+                method = actor.call.remote(job.method, args, kwargs, call_id)
+            elif job.kind == "batch":
+                method = actor.batch.remote(job.method, job.payload, call_id)
+            else:
+                method = actor.chunk.remote(job.method, job.payload, job.star, call_id)
+        except Exception as exc:  # Ray could not serialize the arguments
+            job.rep = None
+            err = _serialization_error(job, self.name, exc)
+            self.meter.dispatched(job.n)
+            self._report(job, False, err, errors=job.n)
+            return
+        job.ref = method
+        if ROUTER.address is not None:
+            ROUTER.sinks[call_id] = job.sink
+        if rep.outstanding == 0:
+            self.meter.replica_busy(rep.rid, time.time())
+        rep.outstanding += 1
+        rep.jobs.add(job)
+        if self.options.timeout is not None:
+            job.deadline = now + self.options.timeout * (1 if job.kind != "chunk" else job.n)
+        self.meter.dispatched(job.n)
+
+    def _drain_locked(self) -> list[Job]:
+        """Dispatch queued jobs to replicas with room; returns the jobs sent."""
+        sent = []
+        while self.queue:
+            job = self.queue[0]
+            rep = self._pick(job)
+            if rep is None:
+                break
+            self.queue.popleft()
+            self._dispatch_locked(job, rep)
+            if job.ref is not None:
+                sent.append(job)
+        return sent
+
+    def _pump(self) -> None:
+        with self.lock:
+            sent = self._drain_locked()
+            if self.queue:
+                self._scale_locked()
+        for job in sent:
+            job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+
+    # -- completion ----------------------------------------------------------------------
+
+    def _release_locked(self, job: Job) -> None:
+        rep = job.rep
+        if rep is None or job not in rep.jobs:
+            return
+        rep.jobs.discard(job)
+        rep.outstanding -= 1
+        if rep.outstanding == 0:
+            rep.last_idle = time.monotonic()
+            if rep.state != "dead":
+                self.meter.replica_idle(rep.rid, time.time())
+
+    def _finish(self, job: Job, result: Any) -> None:
+        """A job's reply (an envelope) or failure (a Ray exception) arrived."""
+        ROUTER.sinks.pop(job.call_id, None)
+        if isinstance(result, DEATH_ERRORS):
+            self._on_death(job, result)
+            return
+        with self.lock:
+            if job.finished:
+                return
+            self._release_locked(job)
+        if job.cancelled or isinstance(result, rex.TaskCancelledError):
+            self._cancelled(job, was_queued=False)
+            self._pump()
+            return
+        if isinstance(result, BaseException):
+            err = RemoteError(f"{self.name}: the call failed in Ray: {result}")
+            self._report(job, False, err, errors=job.n)
+            self._pump()
+            return
+        ok, value, exec_s, rest, seq = result
+        job.sink.finish(rest, seq)
+        errors = 0
+        if job.kind == "chunk":
+            errors = sum(1 for item_ok, _ in value if not item_ok)
+        elif not ok:
+            errors = job.n
+        self._report(job, ok, value, errors=errors, exec_s=exec_s)
+        self._pump()
+
+    def _report(self, job: Job, ok: bool, value: Any, *, errors: int, exec_s: float = 0.0) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        now = time.perf_counter()
+        waited = (job.t_dispatch or now) - job.t_submit
+        self.meter.finished(
+            job.n,
+            errors=errors,
+            total_s=now - job.t_submit,
+            queue_s=0.0 if job.cold else waited,
+            cold_s=waited if job.cold else 0.0,
+            exec_s=exec_s / job.n if job.n else exec_s,
+            cold=job.cold,
+        )
+        job.done(job, ok, value)
+
+    def _on_death(self, job: Job, exc: BaseException) -> None:
+        with self.lock:
+            if job.finished:
+                return
+            rep = job.rep
+            self._release_locked(job)
+            if rep is not None:
+                self._stop_locked(rep)
+            if job.cancelled:
+                retry = False
+            else:
+                retry = job.attempts < self.options.retries and not self.closed
+            if retry:
+                job.attempts += 1
+                job.rep, job.ref, job.t_dispatch = None, None, 0.0
+                self.meter.retried(job.n)
+                self.queue.appendleft(job)
+                self._scale_locked()
+        if job.cancelled:
+            self._cancelled(job, was_queued=False)
+        elif not retry:
+            cause = _death_cause(exc)
+            err = ReplicaDiedError(
+                f"{self.name}: the replica running this call died ({cause}) and the call was "
+                f"run {job.attempts + 1} time(s). If it ran out of memory, ask for more with "
+                f"memory=...; to re-run more often, raise retries= (now {self.options.retries})."
+            )
+            self._report(job, False, err, errors=job.n)
+        self._pump()
+
+    def _on_timeout(self, job: Job) -> None:
+        with self.lock:
+            if job.finished:
+                return
+            rep = job.rep
+            self._release_locked(job)
+            if rep is not None:
+                self._stop_locked(rep)  # recycle: the call may still be running there
+        err = CallTimeoutError(
+            f"{self.name}: the call ran longer than timeout={self.options.timeout:g} s and was "
+            "stopped (its replica was recycled). Raise timeout= if it needs longer."
+        )
+        self._report(job, False, err, errors=job.n)
+        self._pump()
+
+    def _cancelled(self, job: Job, *, was_queued: bool) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        self.meter.cancelled(job.n, was_queued=was_queued)
+        job.done(job, False, CancelledError(f"{self.name}: the call was cancelled"))
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a queued or running job (Ctrl-C); the pool stays usable."""
+        with self.lock:
+            if job.finished:
+                return
+            job.cancelled = True
+            try:
+                self.queue.remove(job)
+                queued = True
+            except ValueError:
+                queued = False
+        if queued:
+            self._cancelled(job, was_queued=True)
+            return
+        if job.ref is not None:
+            try:
+                ray.cancel(job.ref)
+            except Exception:
+                pass
+            SUPERVISOR.watch_cancel(self, job)
+
+    # -- replicas ------------------------------------------------------------------------
+
+    def _check_feasible(self) -> None:
+        o = self.options
+        need = {"CPU": o.cpus, "GPU": o.gpus, "memory": o.memory or 0}
+        nodes = cluster.node_resources()
+        if any(all(n.get(k, 0.0) >= v for k, v in need.items() if v) for n in nodes):
+            return
+        if cluster.can_autoscale():
+            return
+        have = ", ".join(
+            f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU/{n.get('memory', 0) / 2**30:.1f} GiB"
+            for n in nodes
+        )
+        missing = [k for k, v in need.items() if v and not any(n.get(k, 0.0) >= v for n in nodes)]
+        what = {"CPU": f"cpus={o.cpus:g}", "GPU": f"gpus={o.gpus:g}", "memory": "memory="}
+        raise InfeasibleError(
+            f"{self.name}: no node of this cluster can ever provide "
+            f"{', '.join(what[m] for m in missing) or 'this request'} (nodes: {have or 'none'}) "
+            "and no autoscaler can add one. Ask for less, or connect to a cluster that has it "
+            "with nbs.connect(address)."
+        )
+
+    def _live(self) -> list[Rep]:
+        return [r for r in self.reps.values() if r.state != "dead"]
+
+    def _scale_locked(self) -> None:
+        if not self._feasible or self.closed:
+            return
+        o = self.options
+        demand = len(self.queue) + sum(r.outstanding for r in self.reps.values())
+        want = math.ceil(demand / o.concurrency)
+        if self.hold_min:
+            want = max(want, o.min_replicas)
+        want = min(want, o.max_replicas)
+        for _ in range(want - len(self._live())):
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        o = self.options
+        rid = f"{self.name}-{next(self._rep_ids)}"
+        opts: dict[str, Any] = {
+            "num_cpus": o.cpus,
+            "num_gpus": o.gpus,
+            "max_concurrency": o.concurrency,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if o.memory:
+            opts["memory"] = o.memory
+        runtime_env = o.runtime_env()
+        if runtime_env:
+            opts["runtime_env"] = runtime_env
+        actor = ReplicaActor.options(**opts).remote(rid, ROUTER.address)
+        rep = Rep(rid, actor)
+        self.reps[rid] = rep
+        actor.ping.remote().future().add_done_callback(lambda f, rep=rep: self._on_placed(rep, f))
+        load = actor.load.remote(self._spec_ref)
+        load.future().add_done_callback(lambda f, rep=rep: self._on_loaded(rep, f))
+
+    def _on_placed(self, rep: Rep, fut: Any) -> None:
+        try:
+            info = fut.result()
+        except Exception:
+            return  # reported by _on_loaded
+        with self.lock:
+            if rep.state == "pending":
+                rep.state = "loading"
+                self.meter.replica_started(rep.rid, info["t_start"])
+                self._record_count_locked()
+
+    def _on_loaded(self, rep: Rep, fut: Any) -> None:
+        try:
+            info = fut.result()
+        except Exception as exc:
+            info = {"ok": False, "error": exc}
+        failed: list[Job] = []
+        with self.lock:
+            if rep.state == "dead":
+                return
+            if rep.state == "pending":  # ping's callback may run later; bill from start
+                rep.state = "loading"
+                if info.get("t_start"):
+                    self.meter.replica_started(rep.rid, info["t_start"])
+            if info.get("ok"):
+                rep.state = "ready"
+                rep.t_ready = time.perf_counter()
+                rep.last_idle = time.monotonic()
+                self.init_error = None
+                self._record_count_locked()
+            else:
+                self._stop_locked(rep)
+                failed = list(self.queue)
+                self.queue.clear()
+        if info.get("ok"):
+            self._pump()
+            return
+        err = info.get("error")
+        if isinstance(err, BaseException):
+            err = RemoteError(
+                f"{self.name}: a replica could not start: {_death_cause(err)}. Check the "
+                "env=/pip= options and the cluster's resources."
+            )
+        for job in failed:
+            self.meter.dispatched(job.n)
+            self._report(job, False, err, errors=job.n)
+
+    def _record_count_locked(self) -> None:
+        n = sum(1 for r in self.reps.values() if r.state in ("loading", "ready"))
+        self.replica_history.append((time.time(), n))
+
+    def _stop_locked(self, rep: Rep) -> None:
+        if rep.state == "dead":
+            return
+        billed = rep.state in ("loading", "ready")
+        rep.state = "dead"
+        self.reps.pop(rep.rid, None)
+        try:
+            ray.kill(rep.actor, no_restart=True)
+        except Exception:
+            pass
+        if billed:
+            if rep.outstanding:
+                self.meter.replica_idle(rep.rid, time.time())
+            self.meter.replica_stopped(rep.rid, time.time())
+            self._record_count_locked()
+
+    def replicas(self) -> int:
+        """Replicas holding resources now (starting or ready)."""
+        with self.lock:
+            return sum(1 for r in self.reps.values() if r.state in ("loading", "ready"))
+
+    def tick(self, now: float) -> None:
+        """Supervisor work: keep-alive, timeouts, unneeded starts, min_replicas."""
+        expired: list[Job] = []
+        with self.lock:
+            o = self.options
+            ready = [r for r in self.reps.values() if r.state == "ready"]
+            keep = o.min_replicas if self.hold_min else 0
+            for rep in sorted(ready, key=lambda r: r.last_idle):
+                if len(ready) <= keep:
+                    break
+                if rep.outstanding == 0 and now - rep.last_idle >= o.keep_alive:
+                    self._stop_locked(rep)
+                    ready.remove(rep)
+            if not self.queue and not any(r.outstanding for r in self.reps.values()):
+                for rep in list(self.reps.values()):
+                    if rep.state == "pending" and len(self._live()) > keep:
+                        self._stop_locked(rep)
+            if o.timeout is not None:
+                pnow = time.perf_counter()
+                for rep in self.reps.values():
+                    expired += [j for j in rep.jobs if j.deadline and pnow > j.deadline]
+            self._scale_locked()
+        for job in expired:
+            self._on_timeout(job)
+
+    def waiting_for_resources(self, now: float) -> bool:
+        with self.lock:
+            return bool(self.queue) and any(
+                r.state == "pending" and now - r.t_created > GIVE_WAY_AFTER_S
+                for r in self.reps.values()
+            )
+
+    def give_way(self) -> bool:
+        """Remove one idle replica (above min_replicas) for another pool's waiting work."""
+        with self.lock:
+            ready = [r for r in self.reps.values() if r.state == "ready" and not r.outstanding]
+            total = sum(1 for r in self.reps.values() if r.state == "ready")
+            if ready and total > (self.options.min_replicas if self.hold_min else 0):
+                self._stop_locked(min(ready, key=lambda r: r.last_idle))
+                return True
+        return False
+
+    def scale_to_zero(self) -> None:
+        """Remove every idle replica, ``min_replicas`` ones too (until the next call)."""
+        with self.lock:
+            self.hold_min = False
+            for rep in list(self.reps.values()):
+                if rep.outstanding == 0:
+                    self._stop_locked(rep)
+
+    def close(self) -> None:
+        """Cancel queued work and remove every replica (session shutdown)."""
+        with self.lock:
+            self.closed = True
+            queued = list(self.queue)
+            self.queue.clear()
+            running = [j for r in self.reps.values() for j in r.jobs]
+            for rep in list(self.reps.values()):
+                self._stop_locked(rep)
+        for job in queued:
+            self._cancelled(job, was_queued=True)
+        for job in running:
+            self._cancelled(job, was_queued=False)
+        with _pools_lock:
+            _pools.pop(id(self), None)
+
+
+def _serialization_error(job: Job, name: str, exc: Exception) -> Exception:
+    if job.kind == "call":
+        args, kwargs = job.payload
+    else:
+        args, kwargs = (tuple(job.payload), {})
+    return diagnose_args(args, kwargs, name)
+
+
+def _death_cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = next((line for line in text if line.strip()), type(exc).__name__)
+    if isinstance(exc, rex.OutOfMemoryError) or "memory" in str(exc).lower():
+        return "out of memory: " + first[:300]
+    return first[:300]
+
+
+def all_pools() -> list[Pool]:
+    with _pools_lock:
+        return list(_pools.values())
+
+
+def scale_all_to_zero() -> None:
+    """Remove every idle replica of every pool (the lab panel's "Scale to zero")."""
+    for pool in all_pools():
+        pool.scale_to_zero()
+
+
+def close_all() -> None:
+    for pool in all_pools():
+        pool.close()
+
+
+class Supervisor:
+    """One daemon thread per kernel: keep-alive, timeouts, batch timers, giving way."""
+
+    TICK_S = 0.05
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._cancels: list[tuple[float, Pool, Job]] = []
+        self._timers: list[Callable[[float], None]] = []
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="nbs-supervisor", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5)
+        self._thread = None
+
+    def add_timer(self, fn: Callable[[float], None]) -> None:
+        with self._lock:
+            self._timers.append(fn)
+
+    def remove_timer(self, fn: Callable[[float], None]) -> None:
+        with self._lock:
+            if fn in self._timers:
+                self._timers.remove(fn)
+
+    def watch_cancel(self, pool: Pool, job: Job) -> None:
+        with self._lock:
+            self._cancels.append((time.monotonic() + CANCEL_GRACE_S, pool, job))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            try:
+                self._tick()
+            except Exception:  # the supervisor must outlive any one pool's bug
+                log.exception("nbserverless supervisor tick failed")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            timers = list(self._timers)
+            due = [c for c in self._cancels if c[0] <= now]
+            self._cancels = [c for c in self._cancels if c[0] > now]
+        for fn in timers:
+            fn(now)
+        for _, pool, job in due:
+            if not job.finished:
+                with pool.lock:
+                    rep = job.rep
+                    pool._release_locked(job)
+                    if rep is not None:
+                        pool._stop_locked(rep)
+                pool._cancelled(job, was_queued=False)
+        pools = all_pools()
+        for pool in pools:
+            pool.tick(now)
+        waiting = [p for p in pools if p.waiting_for_resources(now)]
+        if waiting:
+            for other in pools:
+                if other not in waiting and other.give_way():
+                    break
+
+
+SUPERVISOR = Supervisor()

@@ -1,0 +1,283 @@
+"""The Ray actor that hosts user code on the cluster.
+
+A replica starts generic (``ping`` answers once its process runs, which is when billing
+starts), then ``load`` builds the function or the class instance once: its cold start. Calls
+come back as envelopes, never as Ray exceptions, so user errors keep their type and
+infrastructure errors stay Ray's.
+
+Envelope of a call: ``(ok, value_or_error, exec_s, out, out_seq)`` where ``out`` is output
+not yet streamed (``[(stream, text), ...]`` or None) and ``out_seq`` the number of output
+frames streamed live over the output socket for this call.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+
+STREAM_AFTER_S = 0.2  # output of calls running longer than this streams live
+FLUSH_EVERY_S = 0.1
+
+
+class UserError:
+    """A user exception, pickled apart from the envelope so an unpicklable one still reports."""
+
+    __slots__ = ("blob", "type_name", "message", "tb")
+
+    def __init__(self, exc: BaseException, tb: str):
+        self.type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self.message = str(exc)
+        self.tb = tb
+        try:
+            self.blob = cloudpickle.dumps(exc)
+        except Exception:
+            self.blob = None
+
+    def __getstate__(self):
+        return (self.blob, self.type_name, self.message, self.tb)
+
+    def __setstate__(self, state):
+        self.blob, self.type_name, self.message, self.tb = state
+
+
+class _CallOutput:
+    __slots__ = ("call_id", "t0", "chunks", "seq", "lock")
+
+    def __init__(self, call_id: int):
+        self.call_id = call_id
+        self.t0 = time.monotonic()
+        self.chunks: list[tuple[str, str]] = []
+        self.seq = 0
+        self.lock = threading.Lock()
+
+
+class _Stream:
+    """sys.stdout/sys.stderr of a replica: writes made by a call go to that call's output."""
+
+    def __init__(self, name: str, original: Any, local: threading.local):
+        self.name = name
+        self._original = original
+        self._local = local
+
+    def write(self, text: str) -> int:
+        out = getattr(self._local, "out", None)
+        if out is None:
+            return self._original.write(text)
+        with out.lock:
+            out.chunks.append((self.name, text))
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(self._local, "out", None) is None:
+            self._original.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._original, item)
+
+
+class _OutputLink:
+    """Streams output of long calls to the kernel over a socket (framed pickles)."""
+
+    def __init__(self, address: tuple[str, int, str] | None):
+        self.address = address
+        self.sock: socket.socket | None = None
+        self.failed = address is None
+        self.lock = threading.Lock()
+
+    def send(self, call_id: int, chunks: list[tuple[str, str]]) -> bool:
+        if self.failed:
+            return False
+        with self.lock:
+            try:
+                if self.sock is None:
+                    host, port, token = self.address
+                    self.sock = socket.create_connection((host, port), timeout=5)
+                    raw = token.encode()
+                    self.sock.sendall(struct.pack("!I", len(raw)) + raw)
+                self._frame((call_id, chunks))
+                return True
+            except OSError:
+                self.failed = True
+                return False
+
+    def _frame(self, obj: Any) -> None:
+        data = pickle.dumps(obj)
+        self.sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def _format_tb(exc: BaseException, names: dict[str, str], skip: int = 1) -> str:
+    tb = exc.__traceback__
+    for _ in range(skip):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    for filename, display in names.items():
+        text = text.replace(f'File "{filename}"', f'File "{display}"')
+    return text
+
+
+class Replica:
+    """Hosts one function or one class instance. Created by the pool, never by users."""
+
+    def __init__(self, rid: str, out_address: tuple[str, int, str] | None):
+        self.t_start = time.time()
+        self.rid = rid
+        self.target: Any = None
+        self.kind = None
+        self.names: dict[str, str] = {}
+        self._local = threading.local()
+        self._link = _OutputLink(out_address)
+        self._active: dict[int, _CallOutput] = {}
+        self._active_lock = threading.Lock()
+        sys.stdout = _Stream("stdout", sys.stdout, self._local)
+        sys.stderr = _Stream("stderr", sys.stderr, self._local)
+        threading.Thread(target=self._flusher, name="nbs-output", daemon=True).start()
+
+    def ping(self) -> dict[str, Any]:
+        return {"t_start": self.t_start, "pid": os.getpid(), "node": _node_ip()}
+
+    def load(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Build the function or class instance: the replica's cold start."""
+        t0 = time.perf_counter()
+        import linecache
+
+        for filename, (display, lines, _) in spec.get("sources", {}).items():
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+            self.names[filename] = display
+        obj = pickle.loads(spec["code"])
+        self.kind = spec["kind"]
+        if self.kind == "class":
+            args, kwargs = spec.get("init", ((), {}))
+            out = _CallOutput(-1)
+            self._local.out = out
+            try:
+                self.target = obj(*args, **kwargs)
+            except BaseException as exc:
+                return {"ok": False, "error": UserError(exc, _format_tb(exc, self.names))}
+            finally:
+                self._local.out = None
+                self._emit_remaining(out)
+        else:
+            self.target = obj
+        return {"ok": True, "init_s": time.perf_counter() - t0, **self.ping()}
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _fn(self, method: str | None) -> Any:
+        return self.target if method is None else getattr(self.target, method)
+
+    def _begin(self, call_id: int) -> _CallOutput:
+        out = _CallOutput(call_id)
+        self._local.out = out
+        with self._active_lock:
+            self._active[call_id] = out
+        return out
+
+    def _end(self, out: _CallOutput) -> tuple[list | None, int]:
+        self._local.out = None
+        with self._active_lock:
+            self._active.pop(out.call_id, None)
+        with out.lock:
+            chunks, out.chunks = out.chunks, []
+        if out.seq and chunks:
+            # keep order: once a call streamed, the rest streams too
+            if self._link.send(out.call_id, chunks):
+                out.seq += 1
+                chunks = []
+        return (chunks or None), out.seq
+
+    def _emit_remaining(self, out: _CallOutput) -> None:
+        for stream, text in out.chunks:
+            getattr(sys, stream)._original.write(text)
+
+    def call(self, method: str | None, args: tuple, kwargs: dict, call_id: int) -> tuple:
+        out = self._begin(call_id)
+        t0 = time.perf_counter()
+        try:
+            value = self._fn(method)(*args, **kwargs)
+            ok = True
+        except BaseException as exc:
+            value, ok = UserError(exc, _format_tb(exc, self.names)), False
+        exec_s = time.perf_counter() - t0
+        rest, seq = self._end(out)
+        return ok, value, exec_s, rest, seq
+
+    def batch(self, method: str | None, items: list, call_id: int) -> tuple:
+        """One call of a batched function with a list; checks it returns a list as long."""
+        out = self._begin(call_id)
+        t0 = time.perf_counter()
+        try:
+            value = self._fn(method)(items)
+            try:
+                n = len(value)
+            except TypeError:
+                n = None
+            if n != len(items):
+                got = f"{n} results" if n is not None else f"a {type(value).__name__}"
+                raise ValueError(
+                    f"a batched function must return a list as long as its input: it got "
+                    f"{len(items)} items and returned {got}"
+                )
+            value = list(value)
+            ok = True
+        except BaseException as exc:
+            value, ok = UserError(exc, _format_tb(exc, self.names)), False
+        exec_s = time.perf_counter() - t0
+        rest, seq = self._end(out)
+        return ok, value, exec_s, rest, seq
+
+    def chunk(self, method: str | None, items: list, star: bool, call_id: int) -> tuple:
+        """Several items of a map in one round trip; every item succeeds or fails alone."""
+        out = self._begin(call_id)
+        fn = self._fn(method)
+        results: list = []
+        t0 = time.perf_counter()
+        append = results.append
+        for item in items:
+            try:
+                append((True, fn(*item) if star else fn(item)))
+            except BaseException as exc:
+                append((False, UserError(exc, _format_tb(exc, self.names))))
+        exec_s = time.perf_counter() - t0
+        rest, seq = self._end(out)
+        return True, results, exec_s, rest, seq
+
+    # -- live output ---------------------------------------------------------------------
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)  # a replica-side cadence, not a synchronisation
+            now = time.monotonic()
+            with self._active_lock:
+                active = list(self._active.values())
+            for out in active:
+                if now - out.t0 < STREAM_AFTER_S:
+                    continue
+                with out.lock:
+                    chunks, out.chunks = out.chunks, []
+                    if chunks:
+                        if self._link.send(out.call_id, chunks):
+                            out.seq += 1
+                        else:
+                            out.chunks = chunks + out.chunks
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:
+        return "?"
