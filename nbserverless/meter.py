@@ -95,15 +95,15 @@ class FunctionMeter:
         self._rate_marks: deque = deque(maxlen=64)
 
     # ---- hot path ------------------------------------------------------------------------
-    def submitted(self, n: int = 1) -> None:
-        """``n`` items entered the pool (queued += n). Fires ``on_activity`` at this function's
-        first submit after the newest open scope."""
+    def submitted(self, n: int = 1, t: float | None = None) -> None:
+        """``n`` items entered the pool (queued += n); the first one sets ``first_call`` (``t``
+        or now). Fires ``on_activity`` at this function's first submit after the newest scope."""
         m = self._meter
         fire = False
         with self._lock:
             self.queued += n
             if self.first_call is None:
-                self.first_call = time.time()
+                self.first_call = time.time() if t is None else t
             if self._gen != m._scope_gen and m._scopes:
                 self._gen = fire = m._scope_gen
         m.version += 1
@@ -217,12 +217,12 @@ class FunctionMeter:
             if not buf:
                 return
             sk = self._sk
-            scopes = [(s, s._sketches(self)) for s in self._meter._scopes]
+            scopes = list(self._meter._scopes)
             for n, total_s, queue_s, cold_s, exec_s, cold, gen in buf:
                 sk.add(n, total_s, queue_s, cold_s, exec_s, cold)
-                for s, ssk in scopes:
+                for s in scopes:
                     if gen >= s.gen:
-                        ssk.add(n, total_s, queue_s, cold_s, exec_s, cold)
+                        s._sketches(self).add(n, total_s, queue_s, cold_s, exec_s, cold)
 
     def _raw(self, now: float) -> dict[str, Any]:
         """Counters and replica-seconds at ``now`` (one consistent read)."""
@@ -263,7 +263,9 @@ class FunctionMeter:
             self._sk.fields(snap)
         _costs(snap, raw, rate, prices.request)
         first = raw["first_call"]
-        always_on = raw["peak_replicas"] * max(0.0, now - first) * rate if first else 0.0
+        always_on = 0.0
+        if first is not None:
+            always_on = raw["peak_replicas"] * max(0.0, now - first) * rate
         snap["always_on_cost"] = always_on
         snap["saving"] = 1.0 - snap["cost"] / always_on if always_on > 0 else 0.0
         snap["first_call"] = first

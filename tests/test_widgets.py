@@ -1,0 +1,195 @@
+"""Inline widget and dashboard: real ipywidgets models, a real IPython shell running cells."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from nbserverless import pricing, render, settings, widgets
+from nbserverless.meter import METER
+
+
+@pytest.fixture
+def ip():
+    shell = InteractiveShell.instance()
+    METER.reset()
+    pricing.set_prices(cpu=1.0, memory=0.0, gpu=0.0, request=0.0)
+    widgets.register(shell, rich=True)
+    shell.user_ns["METER"] = METER
+    yield shell
+    widgets.unregister(shell)
+    settings.reset()
+    pricing.reset()
+
+
+def state_rows(value: str) -> list[dict]:
+    """The numbers stored in the widget's value (saved with the notebook's widget state)."""
+    m = re.search(r"data-nbserverless='([^']*)'", value)
+    assert m, value
+    return json.loads(html.unescape(m.group(1)))
+
+
+def run(ip, code: str):
+    result = ip.run_cell(code)
+    result.raise_error()
+    return result
+
+
+CALLS = """
+fm = METER.function("{key}", name="{name}")
+fm.replica_started("r1")
+for i in range({n}):
+    fm.submitted(); fm.dispatched(); fm.finished(1, errors=int(i % 10 == 0), total_s=0.02)
+"""
+
+
+def test_inline_widget_appears_and_freezes_at_the_scope_values(ip):
+    before = widgets.INLINE.last
+    run(ip, CALLS.format(key="t1", name="square", n=30))
+    view = widgets.INLINE.last
+    assert view is not before and view.widget is not None
+    assert not view.live and view.scope.closed
+    final = view.final
+    assert final == view.scope.snapshot()
+    (row,) = final["functions"]
+    assert (row["name"], row["invocations"], row["errors"], row["replicas"]) == ("square", 30, 3, 1)
+    value = view.widget.value
+    assert "data-state='final'" in value and "cost (est.)" in value and "estimate" in value
+    (saved,) = state_rows(value)
+    assert saved == {k: row[k] for k in saved}
+    assert saved["invocations"] == 30 and saved["p50_ms"] == pytest.approx(20, rel=0.02)
+    assert METER._scopes == []  # the cell's scope is closed
+
+
+def test_second_cell_counts_only_its_own_calls(ip):
+    run(ip, CALLS.format(key="t2", name="f", n=5))
+    run(ip, CALLS.format(key="t2", name="f", n=7))
+    assert widgets.INLINE.last.final["functions"][0]["invocations"] == 7
+    assert METER.get("t2").snapshot()["invocations"] == 12
+
+
+def test_no_widget_without_remote_calls_or_with_inline_off(ip):
+    run(ip, CALLS.format(key="t3", name="f", n=1))
+    last = widgets.INLINE.last
+    run(ip, "x = 1 + 1")
+    assert widgets.INLINE.last is last
+    settings.update(inline=False)
+    run(ip, CALLS.format(key="t3", name="f", n=1))
+    assert widgets.INLINE.last is last
+    assert METER._scopes == []
+
+
+def test_widget_mimebundle_has_widget_view_and_fallbacks(ip):
+    run(ip, CALLS.format(key="t4", name="embed", n=3))
+    bundle = widgets.INLINE.last._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert "embed" in bundle["text/plain"] and "cost (est.)" in bundle["text/plain"]
+    assert "data-state='final'" in bundle["text/html"]
+
+
+def test_text_mode_prints_a_readable_table(ip, capsys):
+    widgets.register(ip, rich=False)
+    run(ip, CALLS.format(key="t5", name="textfn", n=4))
+    out = capsys.readouterr().out
+    assert widgets.INLINE.last.widget is None
+    lines = [line for line in out.splitlines() if line.startswith("textfn")]
+    assert len(lines) == 1 and lines[0].split()[1] == "4"
+    assert "cost (est.)" in out and "estimate" in out
+
+
+def test_updates_are_throttled_under_10000_rapid_calls(ip):
+    changes = []
+    ip.user_ns["changes"] = changes
+    code = """
+import time
+fm = METER.function("t6", name="hot")
+fm.submitted()
+view = widgets.INLINE.view
+view.widget.observe(lambda ch: changes.append(time.monotonic()), "value")
+t0 = time.monotonic(); n = 0
+while n < 10_000 or (len(changes) < 2 and time.monotonic() - t0 < 20):
+    fm.dispatched(); fm.finished(1, total_s=0.001); fm.submitted(); n += 1
+elapsed = time.monotonic() - t0
+"""
+    ip.user_ns["widgets"] = widgets
+    run(ip, code)
+    elapsed, n = ip.user_ns["elapsed"], ip.user_ns["n"]
+    assert n >= 10_000
+    assert len(changes) >= 2  # it does update live, and freezes at the end
+    window = max(changes) - ip.user_ns["t0"]
+    assert len(changes) <= 4 * max(elapsed, window) + 2
+    assert widgets.INLINE.last.final["functions"][0]["invocations"] == n
+
+
+def test_rich_display_rule_follows_ray():
+    assert widgets.rich_display(InteractiveShell.instance()) is False  # terminal-like shell
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
+    assert widgets.rich_display(ZMQInteractiveShell()) is True
+
+
+def test_dashboard_shows_functions_cluster_totals_and_plots(ip):
+    fm = METER.function("d1", name="dashfn", cpus=1)
+    fm.replica_started("r", t=time.time() - 2)
+    METER.platform.replica_started("warm", t=time.time() - 2)
+    for _ in range(5):
+        fm.submitted()
+        fm.dispatched()
+        fm.finished(1, total_s=0.05)
+    d = widgets.Dashboard(rich=True, interval=0.05)
+    try:
+        value = d.widget.value
+        assert "data-function='dashfn'" in value
+        assert "node(s)" in value and "prewarmed" in value and "estimate" in value
+        assert value.count("<svg") == 3 and "polyline" in value
+        text = repr(d)
+        assert "dashfn" in text and "cost (est.)" in text and "cluster" in text
+        # live: new calls show up without anyone calling refresh()
+        for _ in range(7):
+            fm.submitted()
+            fm.dispatched()
+            fm.finished(1, total_s=0.05)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and ">12<" not in d.widget.value:
+            time.sleep(0.02)
+        assert ">12<" in d.widget.value
+    finally:
+        d.close()
+    d._thread.join(timeout=5)
+    assert not d._thread.is_alive()
+
+
+def test_dashboard_is_throttled():
+    d = widgets.Dashboard(rich=True)  # default interval
+    changes = []
+    d.widget.observe(lambda ch: changes.append(1), "value")
+    fm = METER.function("d2", name="busy")
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 1.5:
+            fm.submitted()
+            fm.dispatched()
+            fm.finished(1, total_s=0.001)
+    finally:
+        d.close()
+    assert 1 <= len(changes) <= 2 * (time.monotonic() - t0) + 2
+
+
+def test_dashboard_text_fallback_without_widgets():
+    d = widgets.dashboard(rich=False)
+    assert d.widget is None
+    bundle = d._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    assert bundle["text/plain"].startswith("nbserverless dashboard")
+
+
+def test_render_helpers():
+    assert render.money(0) == "$0" and render.money(2) == "$2.00"
+    assert render.ms(0) == "-" and render.ms(1500) == "1.5 s"
+    assert render.duration(None) == "?" and render.duration(61) == "1m01s"
+    svg = render.sparkline_svg([0, 1, 2, 1])
+    assert svg.startswith("<svg") and svg.count(",") == 4
