@@ -193,3 +193,32 @@ def test_render_helpers():
     assert render.duration(None) == "?" and render.duration(61) == "1m01s"
     svg = render.sparkline_svg([0, 1, 2, 1])
     assert svg.startswith("<svg") and svg.count(",") == 4
+
+
+def test_real_kernel_displays_the_widget_in_the_cell_and_sends_final_values():
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        setup = "from nbserverless import widgets\nfrom nbserverless.meter import METER\n"
+        setup += "widgets.register(get_ipython())"
+        assert kc.execute_interactive(setup, timeout=60)["content"]["status"] == "ok"
+        msgs: list = []
+        cell = CALLS.format(key="kernel", name="square", n=50)
+        reply = kc.execute_interactive(cell, timeout=60, output_hook=msgs.append)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    by_type: dict = {}
+    for m in msgs:
+        by_type.setdefault(m["header"]["msg_type"], []).append(m["content"])
+    (shown,) = by_type["display_data"]  # once, under this cell
+    assert "application/vnd.jupyter.widget-view+json" in shown["data"]
+    (final,) = by_type["update_display_data"]  # static viewers get the final numbers
+    assert final["transient"] == shown["transient"]
+    assert re.search(r"square\s+50\s+5\s", final["data"]["text/plain"])
+    values = [c["data"]["state"]["value"] for c in by_type["comm_msg"]
+              if "value" in c["data"].get("state", {})]  # fmt: skip
+    assert "data-state='final'" in values[-1]  # the model state holds the final values
+    assert state_rows(values[-1])[0]["invocations"] == 50
