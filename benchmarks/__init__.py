@@ -8,11 +8,12 @@ SCENARIOS = [
     # first_call runs first: it starts fresh subprocesses with their own Ray cluster and is
     # least disturbed while the main process has no cluster of its own yet.
     "first_call",
+    # metering runs in a Jupyter kernel of its own (its own embedded cluster): also early.
+    "metering",
     "warm_call",
     "cold_start",
     "map_tiny",
     "map_work",
     "batch_inference",
-    "metering",
     "scale_down",
 ]

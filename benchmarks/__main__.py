@@ -21,7 +21,7 @@ from ._common import CLUSTER, Ctx, Skip, fmt
 HERE = Path(__file__).resolve().parent
 
 TITLES = {
-    "first_call": "first call in a new kernel",
+    "first_call": "first call, new kernel",
     "warm_call": "warm call",
     "cold_start": "cold start",
     "map_tiny": "map, tiny items",
@@ -90,7 +90,7 @@ def render(ctx: Ctx, meta: dict) -> str:
     if meta.get("cluster"):
         lines.append(f"cluster: {meta['cluster']}")
     lines.append("")
-    hdr = f"{'scenario':<16} {'row':<44} {'metric':<10} {'median':>10} {'unit':<8} {'rounds':>6}  status"
+    hdr = f"{'scenario':<22} {'row':<52} {'metric':<18} {'median':>10} {'unit':<8} {'rounds':>6}  status"
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for r in ctx.rows:
@@ -106,14 +106,14 @@ def render(ctx: Ctx, meta: dict) -> str:
         if r.note:
             status += f" ({r.note})"
         name = r.name + (f" [n={r.n:,}]" if r.n else "")
-        lines.append(f"{TITLES.get(r.scenario, r.scenario):<16} {name:<44} {r.metric:<10} "
+        lines.append(f"{TITLES.get(r.scenario, r.scenario):<22} {name:<52} {r.metric:<18} "
                      f"{fmt(r.value, r.unit):>10} {r.unit:<8} {len(r.samples):>6}  {status}")
     for sc, why in ctx.skipped.items():
-        lines.append(f"{TITLES.get(sc, sc):<16} skipped: {why}")
+        lines.append(f"{TITLES.get(sc, sc):<22} skipped: {why}")
     for sc, why in ctx.errors.items():
-        lines.append(f"{TITLES.get(sc, sc):<16} FAILED: {why}")
+        lines.append(f"{TITLES.get(sc, sc):<22} FAILED: {why}")
     lines.append("")
-    hdr = f"{'scenario':<16} {'target':<58} {'measured':>9} {'target':>9} {'issue bar':>9}  verdict"
+    hdr = f"{'scenario':<22} {'target':<62} {'measured':>9} {'target':>9} {'issue bar':>9}  verdict"
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for c in ctx.checks:
@@ -126,7 +126,7 @@ def render(ctx: Ctx, meta: dict) -> str:
             verdict += f" ({c.miss()})"
         if ip is not None and c.valid and p != ip:
             verdict += f"; issue bar {'PASS' if ip else 'FAIL'}"
-        lines.append(f"{TITLES.get(c.scenario, c.scenario):<16} {c.what:<58} {meas:>9} "
+        lines.append(f"{TITLES.get(c.scenario, c.scenario):<22} {c.what:<62} {meas:>9} "
                      f"{tgt:>9} {bar:>9}  {verdict}")
     if ctx.notes:
         lines.append("")
