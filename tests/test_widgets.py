@@ -222,3 +222,40 @@ def test_real_kernel_displays_the_widget_in_the_cell_and_sends_final_values():
               if "value" in c["data"].get("state", {})]  # fmt: skip
     assert "data-state='final'" in values[-1]  # the model state holds the final values
     assert state_rows(values[-1])[0]["invocations"] == 50
+
+
+def test_integration_remote_function_stats_and_frozen_inline_values(ray_cluster, ip):
+    """A real ``@nbs.remote`` function on the session cluster, called from a cell."""
+    import nbserverless as nbs
+
+    ip.user_ns["nbs"] = nbs
+    run(
+        ip,
+        """
+@nbs.remote(cpus=0.25, max_replicas=2, name="inline_square")
+def inline_square(x):
+    return x * x
+
+out = list(inline_square.map(range(20), progress=False)) + [inline_square(3)]
+""",
+    )
+    assert ip.user_ns["out"] == [x * x for x in range(20)] + [9]
+    stats = ip.user_ns["inline_square"].stats()
+    view = widgets.INLINE.last
+    (row,) = view.final["functions"]
+    assert row["name"] == stats["name"] == "inline_square"
+    assert stats["invocations"] == row["invocations"] == 21
+    assert stats["errors"] == row["errors"] == 0
+    assert stats["in_flight"] == stats["queued"] == 0
+    assert 1 <= stats["cold_starts"] <= 21 and 1 <= stats["peak_replicas"] <= 2
+    assert stats["replicas"] >= 1  # kept alive for its keep-alive
+    assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
+    assert stats["exec_p50_ms"] > 0 and stats["cold_p50_ms"] > 0
+    assert stats["replica_seconds_idle"] > 0  # start-up and keep-alive
+    # 1 USD per cpu-second (fixture): cost = 0.25 × replica-seconds, busy and idle apart
+    assert stats["cost_busy"] == pytest.approx(0.25 * stats["replica_seconds_busy"])
+    assert stats["cost"] == pytest.approx(stats["cost_busy"] + stats["cost_idle"])
+    assert stats["always_on_cost"] > 0 and stats["first_call"] <= view.final["time"]
+    assert row["cost"] == pytest.approx(stats["cost"], rel=0.2)  # replicas still accrue
+    (saved,) = state_rows(view.widget.value)
+    assert saved["invocations"] == 21 and saved["p50_ms"] == row["p50_ms"]
