@@ -1,0 +1,396 @@
+/**
+ * The data model of the Serverless panel: parsing and validating the snapshots the kernel
+ * sends over the `nbserverless` comm (DESIGN.md "Comm message schema"), formatting, and a
+ * render throttle. Pure TypeScript with no JupyterLab imports, so jest tests it directly.
+ */
+
+/** Target name of the comm between the kernel and the lab. */
+export const COMM_TARGET = 'nbserverless';
+
+/** The snapshot schema version this extension understands. */
+export const SCHEMA_VERSION = 1;
+
+/** Cluster summary, from `nbserverless.cluster.summary()`. */
+export interface IClusterSummary {
+  address: string | null;
+  nodes: number;
+  cpus: number;
+  cpus_used: number;
+  gpus: number;
+  gpus_used: number;
+}
+
+/** One function, class handle or `%%serverless` cell. */
+export interface IFunctionStats {
+  name: string;
+  kind: string;
+  invocations: number;
+  errors: number;
+  retries: number;
+  cold_starts: number;
+  in_flight: number;
+  queued: number;
+  replicas: number;
+  peak_replicas: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
+  p99_ms: number | null;
+  cost: number;
+  cost_idle: number;
+  always_on_cost: number | null;
+  saving: number | null;
+}
+
+/** Totals over all functions of the kernel. */
+export interface ITotals {
+  invocations: number;
+  errors: number;
+  cost: number;
+  replicas: number;
+  saving: number | null;
+}
+
+/** A validated snapshot. */
+export interface ISnapshot {
+  version: number;
+  time: number;
+  cluster: IClusterSummary;
+  functions: IFunctionStats[];
+  totals: ITotals;
+}
+
+/** Result of parsing a comm message. */
+export type ParseResult =
+  { ok: true; snapshot: ISnapshot } | { ok: false; error: string };
+
+/** A command the lab sends to the kernel. */
+export type Command = 'scale_to_zero' | 'reset' | 'refresh';
+
+/** The message for a command, per DESIGN.md. */
+export function commandMessage(command: Command): {
+  type: 'command';
+  command: Command;
+} {
+  return { type: 'command', command };
+}
+
+/**
+ * Parse and validate one kernel -> lab message.
+ *
+ * Unknown message types, other schema versions and malformed snapshots are rejected with a
+ * reason; missing or non-finite numbers in an otherwise valid snapshot become 0 (counts) or
+ * null (latencies, always-on figures). Functions with the same name are merged to one row
+ * (the last wins), so the table never shows duplicates.
+ */
+export function parseSnapshot(data: unknown): ParseResult {
+  if (!Private.isObject(data)) {
+    return { ok: false, error: 'message is not an object' };
+  }
+  if (data.type !== 'snapshot') {
+    return {
+      ok: false,
+      error: `unknown message type ${JSON.stringify(data.type)}`
+    };
+  }
+  if (data.version !== SCHEMA_VERSION) {
+    return {
+      ok: false,
+      error: `unsupported snapshot version ${JSON.stringify(data.version)}`
+    };
+  }
+  if (!Array.isArray(data.functions)) {
+    return { ok: false, error: 'snapshot.functions is not a list' };
+  }
+  if (data.cluster !== undefined && !Private.isObject(data.cluster)) {
+    return { ok: false, error: 'snapshot.cluster is not an object' };
+  }
+  if (data.totals !== undefined && !Private.isObject(data.totals)) {
+    return { ok: false, error: 'snapshot.totals is not an object' };
+  }
+  const byName = new Map<string, IFunctionStats>();
+  for (const raw of data.functions) {
+    const f = Private.parseFunction(raw);
+    if (f === null) {
+      return { ok: false, error: 'a function entry has no name' };
+    }
+    byName.delete(f.name); // re-insert: keeps the kernel's order of last appearance
+    byName.set(f.name, f);
+  }
+  const functions = Array.from(byName.values());
+  const c = (data.cluster ?? {}) as Record<string, unknown>;
+  const cluster: IClusterSummary = {
+    address:
+      typeof c.address === 'string' && c.address !== '' ? c.address : null,
+    nodes: Private.count(c.nodes),
+    cpus: Private.num(c.cpus) ?? 0,
+    cpus_used: Private.num(c.cpus_used) ?? 0,
+    gpus: Private.num(c.gpus) ?? 0,
+    gpus_used: Private.num(c.gpus_used) ?? 0
+  };
+  const t = (data.totals ?? {}) as Record<string, unknown>;
+  const alwaysOn = functions
+    .map(f => f.always_on_cost)
+    .filter((a): a is number => a !== null);
+  const totals: ITotals = {
+    invocations:
+      Private.num(t.invocations) !== null
+        ? Private.count(t.invocations)
+        : functions.reduce((a, f) => a + f.invocations, 0),
+    errors:
+      Private.num(t.errors) !== null
+        ? Private.count(t.errors)
+        : functions.reduce((a, f) => a + f.errors, 0),
+    cost: Private.num(t.cost) ?? functions.reduce((a, f) => a + f.cost, 0),
+    replicas:
+      Private.num(t.replicas) !== null
+        ? Private.count(t.replicas)
+        : functions.reduce((a, f) => a + f.replicas, 0),
+    saving: null
+  };
+  totals.saving =
+    Private.num(t.saving) ??
+    (alwaysOn.length
+      ? Private.savingOf(
+          totals.cost,
+          alwaysOn.reduce((a, b) => a + b, 0)
+        )
+      : null);
+  return {
+    ok: true,
+    snapshot: {
+      version: SCHEMA_VERSION,
+      time: Private.num(data.time) ?? 0,
+      cluster,
+      functions,
+      totals
+    }
+  };
+}
+
+/** `$0.0031`: an estimated cost in USD, with enough digits to see small sums. */
+export function formatCost(usd: number | null | undefined): string {
+  if (usd === null || usd === undefined || !Number.isFinite(usd)) {
+    return '–';
+  }
+  const sign = usd < 0 ? '-' : '';
+  const a = Math.abs(usd);
+  if (a === 0) {
+    return '$0.00';
+  }
+  if (a >= 100) {
+    return `${sign}$${a.toFixed(0)}`;
+  }
+  if (a >= 1) {
+    return `${sign}$${a.toFixed(2)}`;
+  }
+  if (a >= 0.01) {
+    return `${sign}$${a.toFixed(4)}`;
+  }
+  return `${sign}$${a.toPrecision(2)}`;
+}
+
+/** `0.80 ms`, `12.3 ms`, `1.52 s`. */
+export function formatMs(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined || !Number.isFinite(ms)) {
+    return '–';
+  }
+  if (ms < 10) {
+    return `${ms.toFixed(2)} ms`;
+  }
+  if (ms < 1000) {
+    return `${ms.toFixed(1)} ms`;
+  }
+  return `${(ms / 1000).toFixed(2)} s`;
+}
+
+/** `73%` for a saving of 0.73 (negative: always-on would have been cheaper). */
+export function formatSaving(fraction: number | null | undefined): string {
+  if (
+    fraction === null ||
+    fraction === undefined ||
+    !Number.isFinite(fraction)
+  ) {
+    return '–';
+  }
+  const pct = fraction * 100;
+  const text = Math.abs(pct) >= 10 ? pct.toFixed(0) : pct.toFixed(1);
+  return `${text.replace('-', '−')}%`;
+}
+
+/** `1,234` */
+export function formatCount(n: number): string {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+/** `3 / 8` for used / total resources (used to one decimal when fractional). */
+export function formatUsed(used: number, total: number): string {
+  const u = Number.isInteger(used) ? `${used}` : used.toFixed(1);
+  const t = Number.isInteger(total) ? `${total}` : total.toFixed(1);
+  return `${u} / ${t}`;
+}
+
+/** The states the panel can be in for the active notebook. */
+export type LinkState =
+  | 'no-notebook' // no notebook is open
+  | 'no-kernel' // the notebook has no kernel (or it is starting)
+  | 'dead' // the kernel died
+  | 'not-loaded' // a kernel without `%load_ext nbserverless`
+  | 'live'; // snapshots arrive
+
+/** What the empty state says for each state but `live`. */
+export function emptyMessage(state: LinkState): string {
+  switch (state) {
+    case 'no-notebook':
+      return 'Open a notebook to see its serverless functions.';
+    case 'no-kernel':
+      return 'This notebook has no running kernel.';
+    case 'dead':
+      return 'The kernel of this notebook is dead. Restart it, then run %load_ext nbserverless.';
+    case 'not-loaded':
+      return 'nbserverless is not loaded in this kernel. Run %load_ext nbserverless in the notebook.';
+    default:
+      return '';
+  }
+}
+
+/** The status bar text, e.g. `⚡ 2 replicas · $0.0031`. */
+export function statusText(
+  state: LinkState,
+  snapshot: ISnapshot | null
+): string {
+  if (state !== 'live' || snapshot === null) {
+    return '⚡ –';
+  }
+  const n = snapshot.totals.replicas;
+  return `⚡ ${n} ${n === 1 ? 'replica' : 'replicas'} · ${formatCost(
+    snapshot.totals.cost
+  )}`;
+}
+
+/** The status bar tooltip: says the cost is an estimate. */
+export function statusTooltip(
+  state: LinkState,
+  snapshot: ISnapshot | null
+): string {
+  if (state !== 'live' || snapshot === null) {
+    return `nbserverless: ${emptyMessage(state)} Click to open the Serverless panel.`;
+  }
+  const t = snapshot.totals;
+  return (
+    `nbserverless: ${t.replicas} replicas running, ${formatCount(
+      t.invocations
+    )} calls, ` +
+    `estimated cost ${formatCost(t.cost)} (an estimate from the price table, not a bill). ` +
+    'Click to open the Serverless panel.'
+  );
+}
+
+/**
+ * Calls `fn` at most once per `intervalMs`: the first call runs at once, calls within the
+ * interval are folded into one trailing call at its end, so the last state is always shown.
+ */
+export class Throttler {
+  constructor(
+    private readonly fn: () => void,
+    private readonly intervalMs: number,
+    private readonly clock: () => number = () => Date.now()
+  ) {}
+
+  /** Ask for a call. */
+  invoke(): void {
+    if (this._disposed) {
+      return;
+    }
+    if (this._timer !== null) {
+      return; // a trailing call is already scheduled
+    }
+    const wait = this._last + this.intervalMs - this.clock();
+    if (wait <= 0) {
+      this._run();
+      return;
+    }
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      this._run();
+    }, wait);
+  }
+
+  /** Stop; a scheduled call is dropped. */
+  dispose(): void {
+    this._disposed = true;
+    if (this._timer !== null) {
+      clearTimeout(this._timer);
+      this._timer = null;
+    }
+  }
+
+  private _run(): void {
+    if (this._disposed) {
+      return;
+    }
+    this._last = this.clock();
+    this.fn();
+  }
+
+  private _last = -Infinity;
+  private _timer: ReturnType<typeof setTimeout> | null = null;
+  private _disposed = false;
+}
+
+namespace Private {
+  export function isObject(v: unknown): v is Record<string, unknown> {
+    return typeof v === 'object' && v !== null && !Array.isArray(v);
+  }
+
+  /** A finite number or null. */
+  export function num(v: unknown): number | null {
+    return typeof v === 'number' && Number.isFinite(v) ? v : null;
+  }
+
+  /** `saving` = 1 − cost / always_on_cost (SPEC.md), or null when undefined. */
+  export function savingOf(
+    cost: number | null,
+    alwaysOn: number | null
+  ): number | null {
+    if (cost === null || alwaysOn === null || alwaysOn <= 0) {
+      return null;
+    }
+    return 1 - cost / alwaysOn;
+  }
+
+  /** A non-negative integer count; anything else is 0. */
+  export function count(v: unknown): number {
+    const n = num(v);
+    return n === null || n < 0 ? 0 : Math.round(n);
+  }
+
+  export function parseFunction(raw: unknown): IFunctionStats | null {
+    if (!isObject(raw)) {
+      return null;
+    }
+    const name = raw.name;
+    if (typeof name !== 'string' || name === '') {
+      return null;
+    }
+    return {
+      name,
+      kind: typeof raw.kind === 'string' ? raw.kind : 'function',
+      invocations: count(raw.invocations),
+      errors: count(raw.errors),
+      retries: count(raw.retries),
+      cold_starts: count(raw.cold_starts),
+      in_flight: count(raw.in_flight),
+      queued: count(raw.queued),
+      replicas: count(raw.replicas),
+      peak_replicas: count(raw.peak_replicas),
+      p50_ms: num(raw.p50_ms),
+      p95_ms: num(raw.p95_ms),
+      p99_ms: num(raw.p99_ms),
+      cost: num(raw.cost) ?? 0,
+      cost_idle: num(raw.cost_idle) ?? 0,
+      always_on_cost: num(raw.always_on_cost),
+      saving:
+        num(raw.saving) ?? savingOf(num(raw.cost), num(raw.always_on_cost))
+    };
+  }
+}

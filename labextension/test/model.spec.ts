@@ -1,0 +1,322 @@
+import {
+  commandMessage,
+  emptyMessage,
+  formatCost,
+  formatMs,
+  formatSaving,
+  formatUsed,
+  ISnapshot,
+  parseSnapshot,
+  statusText,
+  statusTooltip,
+  Throttler
+} from '../src/model';
+
+/** The example of DESIGN.md "Comm message schema". */
+function designExample(): Record<string, any> {
+  return {
+    type: 'snapshot',
+    version: 1,
+    time: 1764230000.0,
+    cluster: {
+      address: 'local',
+      nodes: 1,
+      cpus: 2,
+      cpus_used: 1,
+      gpus: 0,
+      gpus_used: 0
+    },
+    functions: [
+      {
+        name: 'square',
+        invocations: 300,
+        errors: 0,
+        retries: 0,
+        cold_starts: 1,
+        in_flight: 0,
+        queued: 0,
+        replicas: 1,
+        peak_replicas: 2,
+        p50_ms: 0.8,
+        p95_ms: 1.4,
+        p99_ms: 3.0,
+        cost: 0.00012,
+        cost_idle: 0.00004,
+        always_on_cost: 0.00031
+      }
+    ],
+    totals: { invocations: 300, cost: 0.00012 }
+  };
+}
+
+function parsed(data: unknown): ISnapshot {
+  const r = parseSnapshot(data);
+  if (!r.ok) {
+    throw new Error(`rejected: ${r.error}`);
+  }
+  return r.snapshot;
+}
+
+describe('parseSnapshot', () => {
+  it('accepts the DESIGN.md example', () => {
+    const s = parsed(designExample());
+    expect(s.time).toBe(1764230000.0);
+    expect(s.cluster).toEqual({
+      address: 'local',
+      nodes: 1,
+      cpus: 2,
+      cpus_used: 1,
+      gpus: 0,
+      gpus_used: 0
+    });
+    expect(s.functions).toHaveLength(1);
+    const f = s.functions[0];
+    expect(f.name).toBe('square');
+    expect(f.kind).toBe('function');
+    expect(f.invocations).toBe(300);
+    expect(f.replicas).toBe(1);
+    expect(f.p50_ms).toBe(0.8);
+    expect(f.p95_ms).toBe(1.4);
+    expect(f.cost).toBe(0.00012);
+    // saving = 1 - cost / always_on_cost when the kernel does not send it
+    expect(f.saving).toBeCloseTo(1 - 0.00012 / 0.00031, 12);
+    expect(s.totals.invocations).toBe(300);
+    expect(s.totals.cost).toBe(0.00012);
+    // replicas and errors are summed when totals lack them
+    expect(s.totals.replicas).toBe(1);
+    expect(s.totals.errors).toBe(0);
+    expect(s.totals.saving).toBeCloseTo(1 - 0.00012 / 0.00031, 12);
+  });
+
+  it('prefers the saving and totals the kernel sends', () => {
+    const d = designExample();
+    d.functions[0].saving = 0.5;
+    d.totals.replicas = 7;
+    d.totals.saving = 0.25;
+    const s = parsed(d);
+    expect(s.functions[0].saving).toBe(0.5);
+    expect(s.totals.replicas).toBe(7);
+    expect(s.totals.saving).toBe(0.25);
+  });
+
+  it.each([
+    [null, 'not an object'],
+    ['snapshot', 'not an object'],
+    [[1, 2], 'not an object'],
+    [{ type: 'hello' }, 'unknown message type'],
+    [{ version: 1, functions: [] }, 'unknown message type'],
+    [
+      { type: 'snapshot', version: 2, functions: [] },
+      'unsupported snapshot version'
+    ],
+    [{ type: 'snapshot', functions: [] }, 'unsupported snapshot version'],
+    [{ type: 'snapshot', version: 1 }, 'functions is not a list'],
+    [
+      { type: 'snapshot', version: 1, functions: {} },
+      'functions is not a list'
+    ],
+    [
+      { type: 'snapshot', version: 1, functions: [{ invocations: 3 }] },
+      'no name'
+    ],
+    [{ type: 'snapshot', version: 1, functions: [{ name: '' }] }, 'no name'],
+    [{ type: 'snapshot', version: 1, functions: ['sq'] }, 'no name'],
+    [{ type: 'snapshot', version: 1, functions: [], cluster: 3 }, 'cluster'],
+    [{ type: 'snapshot', version: 1, functions: [], totals: [] }, 'totals']
+  ])('rejects %j (%s)', (data, reason) => {
+    const r = parseSnapshot(data);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.error).toContain(reason);
+    }
+  });
+
+  it('turns bad numbers into 0 or null without rejecting', () => {
+    const d = designExample();
+    Object.assign(d.functions[0], {
+      invocations: 'many',
+      errors: -3,
+      replicas: 2.6,
+      p50_ms: null,
+      p95_ms: 'NaN',
+      cost: undefined,
+      always_on_cost: Infinity
+    });
+    d.cluster = { address: 7, nodes: null };
+    d.totals = {};
+    const s = parsed(d);
+    const f = s.functions[0];
+    expect(f.invocations).toBe(0);
+    expect(f.errors).toBe(0);
+    expect(f.replicas).toBe(3);
+    expect(f.p50_ms).toBeNull();
+    expect(f.p95_ms).toBeNull();
+    expect(f.cost).toBe(0);
+    expect(f.always_on_cost).toBeNull();
+    expect(f.saving).toBeNull();
+    expect(s.cluster.address).toBeNull();
+    expect(s.cluster.nodes).toBe(0);
+    expect(s.totals.invocations).toBe(0);
+    expect(s.totals.replicas).toBe(3);
+    expect(s.totals.saving).toBeNull();
+  });
+
+  it('never yields duplicate rows', () => {
+    const d = designExample();
+    d.functions = [
+      { name: 'a', invocations: 1 },
+      { name: 'b', invocations: 2 },
+      { name: 'a', invocations: 5 }
+    ];
+    const s = parsed(d);
+    expect(s.functions.map(f => [f.name, f.invocations])).toEqual([
+      ['b', 2],
+      ['a', 5]
+    ]);
+  });
+
+  it('keeps the kind of cells and classes', () => {
+    const d = designExample();
+    d.functions = [
+      { name: 'cell 3', kind: 'cell' },
+      { name: 'Model', kind: 'class' }
+    ];
+    expect(parsed(d).functions.map(f => f.kind)).toEqual(['cell', 'class']);
+  });
+
+  it('does not share state between snapshots', () => {
+    const a = parsed(designExample());
+    const d = designExample();
+    d.functions = [];
+    d.totals = { invocations: 0, cost: 0 };
+    const b = parsed(d);
+    expect(b.functions).toEqual([]);
+    expect(a.functions).toHaveLength(1);
+  });
+});
+
+describe('formatting', () => {
+  it('formats costs', () => {
+    expect(formatCost(0.0031)).toBe('$0.0031');
+    expect(formatCost(0.00012)).toBe('$0.00012');
+    expect(formatCost(0.0312)).toBe('$0.0312');
+    expect(formatCost(0.000012)).toBe('$0.000012');
+    expect(formatCost(0)).toBe('$0.00');
+    expect(formatCost(1.5)).toBe('$1.50');
+    expect(formatCost(1234.4)).toBe('$1234');
+    expect(formatCost(-0.5)).toBe('-$0.5000');
+    expect(formatCost(null)).toBe('–');
+    expect(formatCost(NaN)).toBe('–');
+  });
+
+  it('formats latencies', () => {
+    expect(formatMs(0.8)).toBe('0.80 ms');
+    expect(formatMs(12.34)).toBe('12.3 ms');
+    expect(formatMs(1520)).toBe('1.52 s');
+    expect(formatMs(null)).toBe('–');
+  });
+
+  it('formats savings and resources', () => {
+    expect(formatSaving(0.734)).toBe('73%');
+    expect(formatSaving(0.05)).toBe('5.0%');
+    expect(formatSaving(-0.2)).toBe('−20%');
+    expect(formatSaving(null)).toBe('–');
+    expect(formatUsed(1, 2)).toBe('1 / 2');
+    expect(formatUsed(0.5, 2)).toBe('0.5 / 2');
+  });
+
+  it('builds command messages per DESIGN.md', () => {
+    expect(commandMessage('scale_to_zero')).toEqual({
+      type: 'command',
+      command: 'scale_to_zero'
+    });
+  });
+});
+
+describe('status text', () => {
+  it('shows replicas and estimated cost when live', () => {
+    const d = designExample();
+    d.totals = { invocations: 300, cost: 0.0031, replicas: 2 };
+    const s = parsed(d);
+    expect(statusText('live', s)).toBe('⚡ 2 replicas · $0.0031');
+    expect(statusTooltip('live', s)).toContain('estimate');
+    d.totals.replicas = 1;
+    expect(statusText('live', parsed(d))).toBe('⚡ 1 replica · $0.0031');
+  });
+
+  it('has an empty state for each non-live state', () => {
+    for (const state of [
+      'no-notebook',
+      'no-kernel',
+      'dead',
+      'not-loaded'
+    ] as const) {
+      expect(statusText(state, null)).toBe('⚡ –');
+      expect(emptyMessage(state).length).toBeGreaterThan(10);
+      expect(statusTooltip(state, null)).toContain(emptyMessage(state));
+    }
+    expect(emptyMessage('not-loaded')).toContain('%load_ext nbserverless');
+  });
+});
+
+describe('Throttler', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('runs at once, then at most once per interval, always ending on the last call', () => {
+    let now = 1000;
+    let calls = 0;
+    const t = new Throttler(
+      () => calls++,
+      250,
+      () => now
+    );
+    t.invoke();
+    expect(calls).toBe(1);
+    // 100 invocations within the interval fold into one trailing call
+    for (let i = 0; i < 100; i++) {
+      now += 1;
+      t.invoke();
+    }
+    expect(calls).toBe(1);
+    now = 1250;
+    jest.advanceTimersByTime(250);
+    expect(calls).toBe(2);
+    // nothing pending: no extra call
+    jest.advanceTimersByTime(1000);
+    expect(calls).toBe(2);
+  });
+
+  it('renders at most 4 times a second under a flood', () => {
+    let calls = 0;
+    const t = new Throttler(
+      () => calls++,
+      250,
+      () => Date.now()
+    );
+    // 1000 messages a second for 2 s
+    for (let ms = 0; ms < 2000; ms++) {
+      t.invoke();
+      jest.advanceTimersByTime(1);
+    }
+    jest.advanceTimersByTime(250);
+    expect(calls).toBeGreaterThanOrEqual(8);
+    expect(calls).toBeLessThanOrEqual(9);
+  });
+
+  it('drops a pending call when disposed', () => {
+    let now = 0;
+    let calls = 0;
+    const t = new Throttler(
+      () => calls++,
+      250,
+      () => now
+    );
+    t.invoke();
+    now = 10;
+    t.invoke();
+    t.dispose();
+    jest.advanceTimersByTime(1000);
+    expect(calls).toBe(1);
+  });
+});
