@@ -66,6 +66,7 @@ class ProgressBar:
         self.bar: Any = None
         self.label: Any = None
         self.widget: Any = None
+        self._handle: Any = None
         if rich:
             import ipywidgets
             from IPython.display import display
@@ -75,7 +76,7 @@ class ProgressBar:
             )
             self.label = ipywidgets.HTML(value=self.text())
             self.widget = ipywidgets.HBox([self.bar, self.label])
-            display(self.widget)
+            self._handle = display(self, display_id=True)
         self._thread = threading.Thread(
             target=self._loop, daemon=True, name="nbserverless-progress"
         )
@@ -156,6 +157,14 @@ class ProgressBar:
             self._last_line = now
             self.stream.flush()
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        data = {"text/plain": self.text(final=self.closed)}
+        if self.widget is not None:
+            data["application/vnd.jupyter.widget-view+json"] = self.widget._repr_mimebundle_()[
+                "application/vnd.jupyter.widget-view+json"
+            ]
+        return data
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
@@ -172,6 +181,11 @@ class ProgressBar:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
         self.render(final=True, ok=ok)
+        if self._handle is not None:  # static viewers get the final line too
+            try:
+                self._handle.update(self)
+            except Exception:
+                pass
 
 
 def progress_bar(

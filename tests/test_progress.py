@@ -107,3 +107,6 @@ def test_close_is_idempotent_and_successful_style():
     bar.close(True)
     bar.close(True)
     assert bar.bar.bar_style == "success" and bar.renders >= 1
+    bundle = bar._repr_mimebundle_()  # the widget, and the final line for static viewers
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == bar.widget.model_id
+    assert bundle["text/plain"].startswith("ok: 3/3 (100%)") and "total" in bundle["text/plain"]
