@@ -42,7 +42,9 @@ def _configured_address() -> str | None:
     return None
 
 
-def _init(address: str | None, token: str | None, temp_dir: str | None) -> None:
+def _init(
+    address: str | None, token: str | None, temp_dir: str | None, num_cpus: float | None = None
+) -> None:
     if token:
         os.environ["RAY_AUTH_TOKEN"] = token  # read by Ray; never printed
     kwargs: dict[str, Any] = {
@@ -57,6 +59,8 @@ def _init(address: str | None, token: str | None, temp_dir: str | None) -> None:
         temp_dir = temp_dir or os.environ.get("NBSERVERLESS_TEMP_DIR") or None
         if temp_dir:
             kwargs["_temp_dir"] = temp_dir
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     else:
         kwargs["address"] = address
         kwargs.pop("include_dashboard")
@@ -71,13 +75,15 @@ def connect(
     *,
     token: str | None = None,
     temp_dir: str | None = None,
+    num_cpus: float | None = None,
     background: bool = False,
 ) -> str:
     """Connect to a cluster and return its address (``"local"`` for the embedded one).
 
     With no address, ``NBSERVERLESS_ADDRESS`` or ``RAY_ADDRESS`` is used if set; otherwise a
     local cluster owned by this process starts. ``token`` is passed to Ray's token
-    authentication. Example: ``nbs.connect("ray://head:10001")``.
+    authentication; ``temp_dir`` and ``num_cpus`` shape an embedded cluster.
+    Example: ``nbs.connect("ray://head:10001")``.
     """
     with _lock:
         if address is None:
@@ -108,7 +114,7 @@ def connect(
     if ray.is_initialized():
         return _state["address"] or "local"
     with _lock:
-        _init(address, token, temp_dir)
+        _init(address, token, temp_dir, num_cpus)
         _state["address"] = "local" if address is None else address
         _state["embedded"] = address is None
         return _state["address"]

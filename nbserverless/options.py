@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import config
+from . import settings
 
 _UNITS = {
     "": 1,
@@ -100,11 +100,11 @@ class Options:
             raise TypeError(
                 f"unknown option(s) {', '.join(unknown)}; options are {', '.join(sorted(known))}"
             )
-        v = {k: config.get(k) for k in known if k != "name"}
+        v = {k: settings.get(k) for k in known if k != "name"}
         v["name"] = None
         v.update({k: val for k, val in given.items() if val is not None or k in ("timeout",)})
         if "timeout" not in given:
-            v["timeout"] = config.get("timeout")
+            v["timeout"] = settings.get("timeout")
         v["cpus"] = _number("cpus", v["cpus"], minimum=0)
         v["gpus"] = _number("gpus", v["gpus"], minimum=0)
         v["memory"] = parse_memory(v["memory"])

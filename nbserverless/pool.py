@@ -52,6 +52,7 @@ DEATH_ERRORS = (
     rex.OutOfMemoryError,
 )
 CANCEL_GRACE_S = 2.0
+DEFAULT_START_S = 1.0
 GIVE_WAY_AFTER_S = 0.3
 _call_ids = itertools.count(1)
 _pools: dict[int, Pool] = {}
@@ -83,6 +84,8 @@ class Job:
         "pipelined",
         "cancelled",
         "finished",
+        "error",
+        "exec_s",
     )
 
     def __init__(
@@ -115,12 +118,23 @@ class Job:
         self.pipelined = pipelined
         self.cancelled = False
         self.finished = False
+        self.error: BaseException | None = None  # set when it could not be sent
+        self.exec_s = 0.0  # execution time the replica measured
 
 
 class Rep:
     """The pool's view of one replica."""
 
-    __slots__ = ("rid", "actor", "state", "outstanding", "t_created", "t_ready", "last_idle", "jobs")
+    __slots__ = (
+        "rid",
+        "actor",
+        "state",
+        "outstanding",
+        "t_created",
+        "t_ready",
+        "last_idle",
+        "jobs",
+    )
 
     def __init__(self, rid: str, actor: Any):
         self.rid = rid
@@ -169,6 +183,8 @@ class Pool:
         self._rep_ids = itertools.count(1)
         self.replica_history: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.init_error: BaseException | None = None
+        self.item_s: float | None = None  # measured execution time per item (EMA)
+        self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
         with _pools_lock:
             _pools[id(self)] = self
         SUPERVISOR.ensure_running()
@@ -202,8 +218,10 @@ class Pool:
             else:
                 self.queue.append(job)
                 self._scale_locked()
-        if job.ref is not None and job.kind != "sync":
+        if job.ref is not None:
             job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+        elif job.error is not None:
+            self._report(job, False, job.error, errors=job.n)
 
     def call_sync(self, method: str | None, args: tuple, kwargs: dict, done: DoneFn) -> Job:
         """The warm-call hot path: dispatch in the caller's thread and ``ray.get`` here.
@@ -219,7 +237,8 @@ class Pool:
                 self.queue.append(job)
                 self._scale_locked()
                 return job
-        if job.ref is None:  # dispatch failed (unpicklable argument): already reported
+        if job.ref is None:  # could not be sent (an unpicklable argument)
+            self._report(job, False, job.error, errors=1)
             return job
         try:
             result: Any = ray.get(job.ref, timeout=self.options.timeout)
@@ -247,11 +266,14 @@ class Pool:
         cap = self.options.concurrency + (1 if job.pipelined else 0)
         best = None
         for rep in self.reps.values():
-            if rep.state == "ready" and rep.outstanding < cap:
-                if best is None or rep.outstanding < best.outstanding:
-                    best = rep
-                    if rep.outstanding == 0:
-                        break
+            if (
+                rep.state == "ready"
+                and rep.outstanding < cap
+                and (best is None or rep.outstanding < best.outstanding)
+            ):
+                best = rep
+                if rep.outstanding == 0:
+                    break
         return best
 
     def _dispatch_locked(self, job: Job, rep: Rep) -> None:
@@ -271,9 +293,8 @@ class Pool:
                 method = actor.chunk.remote(job.method, job.payload, job.star, call_id)
         except Exception as exc:  # Ray could not serialize the arguments
             job.rep = None
-            err = _serialization_error(job, self.name, exc)
+            job.error = _serialization_error(job, self.name, exc)
             self.meter.dispatched(job.n)
-            self._report(job, False, err, errors=job.n)
             return
         job.ref = method
         if ROUTER.address is not None:
@@ -287,7 +308,7 @@ class Pool:
         self.meter.dispatched(job.n)
 
     def _drain_locked(self) -> list[Job]:
-        """Dispatch queued jobs to replicas with room; returns the jobs sent."""
+        """Dispatch queued jobs to replicas with room; returns the jobs handled."""
         sent = []
         while self.queue:
             job = self.queue[0]
@@ -296,17 +317,20 @@ class Pool:
                 break
             self.queue.popleft()
             self._dispatch_locked(job, rep)
-            if job.ref is not None:
-                sent.append(job)
+            sent.append(job)
         return sent
 
     def _pump(self) -> None:
+        """Send queued jobs to replicas with room (outside the lock: callbacks, reports)."""
         with self.lock:
             sent = self._drain_locked()
             if self.queue:
                 self._scale_locked()
         for job in sent:
-            job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+            if job.ref is not None:
+                job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+            else:
+                self._report(job, False, job.error, errors=job.n)
 
     # -- completion ----------------------------------------------------------------------
 
@@ -354,6 +378,10 @@ class Pool:
         if job.finished:
             return
         job.finished = True
+        job.exec_s = exec_s
+        if ok and job.n:
+            item_s = exec_s / job.n
+            self.item_s = item_s if self.item_s is None else 0.7 * self.item_s + 0.3 * item_s
         now = time.perf_counter()
         waited = (job.t_dispatch or now) - job.t_submit
         self.meter.finished(
@@ -472,6 +500,12 @@ class Pool:
         o = self.options
         demand = len(self.queue) + sum(r.outstanding for r in self.reps.values())
         want = math.ceil(demand / o.concurrency)
+        ready = sum(1 for r in self.reps.values() if r.state == "ready")
+        if ready and self.item_s is not None and want > len(self._live()):
+            # a new replica only helps if the queue outlasts its start
+            backlog_s = sum(j.n for j in self.queue) * self.item_s / (ready * o.concurrency)
+            if backlog_s < self.start_s:
+                want = len(self._live())
         if self.hold_min:
             want = max(want, o.min_replicas)
         want = min(want, o.max_replicas)
@@ -527,6 +561,8 @@ class Pool:
             if info.get("ok"):
                 rep.state = "ready"
                 rep.t_ready = time.perf_counter()
+                took = time.monotonic() - rep.t_created
+                self.start_s = 0.5 * (self.start_s + took)
                 rep.last_idle = time.monotonic()
                 self.init_error = None
                 self._record_count_locked()
@@ -687,7 +723,9 @@ class Supervisor:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="nbs-supervisor", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="nbs-supervisor", daemon=True
+                )
                 self._thread.start()
 
     def stop(self) -> None:

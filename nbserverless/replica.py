@@ -191,11 +191,10 @@ class Replica:
             self._active.pop(out.call_id, None)
         with out.lock:
             chunks, out.chunks = out.chunks, []
-        if out.seq and chunks:
-            # keep order: once a call streamed, the rest streams too
-            if self._link.send(out.call_id, chunks):
-                out.seq += 1
-                chunks = []
+        # keep order: once a call streamed, the rest streams too
+        if out.seq and chunks and self._link.send(out.call_id, chunks):
+            out.seq += 1
+            chunks = []
         return (chunks or None), out.seq
 
     def _emit_remaining(self, out: _CallOutput) -> None:

@@ -1,4 +1,4 @@
-"""Session defaults for handles made afterwards (``nbs.config``)."""
+"""Session settings: defaults for handles made afterwards (``nbs.config``)."""
 
 from __future__ import annotations
 

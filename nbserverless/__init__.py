@@ -1,0 +1,125 @@
+"""nbserverless: serverless computing from inside a Jupyter notebook.
+
+Example::
+
+    import nbserverless as nbs
+
+    @nbs.remote
+    def square(x):
+        return x * x
+
+    square(3)                        # runs on a replica that starts on demand
+    list(square.map(range(10)))      # parallel, in input order
+    square.stats()                   # calls, latency, replicas, estimated cost
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import cluster
+from . import settings as _settings
+from .errors import (
+    CallTimeoutError,
+    CancelledError,
+    InfeasibleError,
+    RemoteError,
+    RemoteTraceback,
+    ReplicaDiedError,
+    SerializationError,
+)
+from .function import remote
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallTimeoutError",
+    "CancelledError",
+    "InfeasibleError",
+    "RemoteError",
+    "RemoteTraceback",
+    "ReplicaDiedError",
+    "SerializationError",
+    "config",
+    "connect",
+    "dashboard",
+    "prices",
+    "remote",
+    "shutdown",
+]
+
+
+def connect(address: str | None = None, *, token: str | None = None) -> str:
+    """Connect to the embedded local cluster (no address) or an existing one.
+
+    Example: ``nbs.connect()``; ``nbs.connect("ray://head:10001")``; ``nbs.connect("auto")``.
+    """
+    return cluster.connect(address, token=token)
+
+
+class _Config:
+    """``nbs.config(...)``: set defaults for handles made afterwards; with no arguments,
+    return the current ones. ``nbs.config.get(key)`` reads one.
+
+    Example: ``nbs.config(keep_alive=30, inline=False)``; ``nbs.config(prewarm=0)``.
+    """
+
+    def __call__(self, **settings: Any) -> dict[str, Any]:
+        if not settings:
+            return _settings.current()
+        return _settings.update(**settings)
+
+    get = staticmethod(_settings.get)
+    current = staticmethod(_settings.current)
+    reset = staticmethod(_settings.reset)
+
+    def __repr__(self) -> str:
+        return f"nbs.config({_settings.current()})"
+
+
+config = _Config()
+
+
+def prices(**table: Any) -> Any:
+    """Set prices (USD per cpu-second, GiB-second, gpu-second, request); no arguments: the
+    current table with its source.
+
+    Example: ``nbs.prices(cpu=0.000024, gpu={"A100": 0.0011})``.
+    """
+    from . import pricing
+
+    if table:
+        pricing.set_prices(**table)
+    return pricing.current()
+
+
+def dashboard() -> Any:
+    """The live dashboard: every function of this kernel and the cluster."""
+    from . import widgets
+
+    return widgets.dashboard()
+
+
+def shutdown() -> None:
+    """Scale everything to zero and disconnect (the embedded cluster stops)."""
+    from . import pool
+    from .output import ROUTER
+
+    pool.close_all()
+    pool.SUPERVISOR.stop()
+    ROUTER.stop()
+    cluster.disconnect()
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext nbserverless``: magics, inline widgets, the lab comm, and the cluster
+    starting in the background so the first cell does not wait for all of it."""
+    from . import extension
+
+    extension.load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    from . import extension
+
+    extension.unload(ip)

@@ -1,0 +1,159 @@
+"""``@remote`` on a class: a handle factory. ``Model(args)`` makes a handle and no replica;
+each replica runs ``__init__(args)`` once, at its cold start. ``__call__`` and every public
+method run remotely, with ``submit``/``map``/``starmap`` too.
+
+Example::
+
+    @nbs.remote(max_replicas=2, batch_size=64)
+    class Embedder:
+        def __init__(self, path): self.model = load(path)
+        def __call__(self, texts): return self.model.encode(texts)
+        def dim(self): return self.model.dim
+
+    emb = Embedder("/models/minilm")
+    emb("one sentence"); list(emb.map(sentences)); emb.dim()
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+from typing import Any
+
+from .function import Invoker, Stats, _Callable
+from .options import Options
+from .pool import Pool
+from .shipping import dumps_code, dumps_value, notebook_sources
+
+_handle_ids = itertools.count(1)
+
+
+class RemoteClass:
+    """What ``@remote`` makes of a class: call it to get a ``ClassHandle``."""
+
+    def __init__(self, cls: type, options: Options):
+        self._cls = cls
+        self.options = options
+        self.name = options.name or cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+        self._code: bytes | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ClassHandle:
+        if self._code is None:
+            self._code = dumps_code(self._cls, self.name)
+        dumps_value((args, kwargs), f"{self.name}() arguments")  # fail here, not at cold start
+        return ClassHandle(self, args, kwargs)
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """An ordinary instance in this kernel. Example: ``Embedder.local(path).dim()``."""
+        return self._cls(*args, **kwargs)
+
+    def __reduce__(self):
+        return (_identity, (self._cls,))
+
+    def __repr__(self) -> str:
+        return f"<nbserverless class {self.name}>"
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class ClassHandle(_Callable):
+    """Replicas of one class with one set of ``__init__`` arguments, and their pool."""
+
+    def __init__(self, rc: RemoteClass, args: tuple, kwargs: dict):
+        self._rc = rc
+        self._init = (args, kwargs)
+        n = next(_handle_ids)
+        self.name = rc.name if n == 1 else f"{rc.name}[{n}]"
+        self._key = f"{rc.name}#handle{n}"
+        self._pool_obj: Pool | None = None
+        self._batcher_obj: Any = None
+        self._lock = threading.Lock()
+        batched = rc.options.batch_size is not None
+        self._invoker = Invoker(self, "__call__", batched)
+        self._methods: dict[str, MethodHandle] = {}
+
+    def _get_pool(self) -> Pool:
+        pool = self._pool_obj
+        if pool is not None and not pool.closed:
+            return pool
+        with self._lock:
+            if self._pool_obj is None or self._pool_obj.closed:
+                rc = self._rc
+                pool = Pool(
+                    self.name,
+                    "class",
+                    rc._code,
+                    notebook_sources(rc._cls),
+                    self._init,
+                    rc.options,
+                    key=self._key,
+                )
+                pool.prepare()
+                self._pool_obj, self._batcher_obj = pool, None
+            return self._pool_obj
+
+    def _batcher(self) -> Any:
+        from .batching import Batcher
+
+        pool = self._get_pool()
+        with self._lock:
+            if self._batcher_obj is None:
+                o = self._rc.options
+                self._batcher_obj = Batcher(pool, "__call__", o.batch_size, o.batch_wait_ms / 1000)
+            return self._batcher_obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "__call__" not in vars(self._rc._cls) and not any(
+            "__call__" in vars(base) for base in self._rc._cls.__mro__[1:-1]
+        ):
+            raise TypeError(f"{self._rc.name} has no __call__ method; call one of its methods")
+        return self._invoker.call(args, kwargs)
+
+    def __getattr__(self, name: str) -> MethodHandle:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = inspect.getattr_static(self._rc._cls, name, None)
+        if attr is None:
+            raise AttributeError(f"{self._rc.name} has no method {name!r}")
+        if not callable(attr) and not isinstance(attr, staticmethod | classmethod):
+            raise AttributeError(f"{self._rc.name}.{name} is not a method")
+        handle = self._methods.get(name)
+        if handle is None:
+            handle = self._methods[name] = MethodHandle(self, name)
+        return handle
+
+    def stats(self) -> Stats:
+        """A snapshot of this handle's metrics (all its methods together)."""
+        from .meter import METER
+
+        o = self._rc.options
+        fm = (
+            self._pool_obj.meter
+            if self._pool_obj is not None
+            else METER.function(
+                self._key, name=self.name, kind="class", cpus=o.cpus, gpus=o.gpus, memory=o.memory
+            )
+        )
+        return Stats(fm.snapshot())
+
+    def __repr__(self) -> str:
+        return f"<nbserverless handle {self.name}>"
+
+
+class MethodHandle(_Callable):
+    """One public method of a class handle: call, ``submit``, ``map``, ``starmap``."""
+
+    def __init__(self, handle: ClassHandle, method: str):
+        self._handle = handle
+        self.name = f"{handle.name}.{method}"
+        self._invoker = Invoker(handle, method, batched=False)
+
+    def __repr__(self) -> str:
+        return f"<nbserverless method {self.name}>"

@@ -1,0 +1,366 @@
+"""``@remote`` and the function handle: ``__call__``, ``local``, ``submit``, ``map``,
+``starmap``, ``stats``. Thin: it turns calls into pool jobs and results back into values.
+
+Example::
+
+    @nbs.remote(cpus=0.5)
+    def square(x):
+        return x * x
+
+    square(3), list(square.map(range(4))), square.submit(2).result()
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import pickle
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from .errors import RemoteError, RemoteTraceback
+from .options import Options
+from .pool import Job, Pool
+from .replica import UserError
+from .shipping import dumps_code, notebook_sources
+
+
+def rebuild_error(value: Any) -> BaseException:
+    """The exception object a caller sees for a failed call: the user's own exception type
+    with the remote traceback as its cause, or one of ours for infrastructure failures."""
+    if isinstance(value, BaseException):
+        return value
+    if isinstance(value, UserError):
+        exc: BaseException | None = None
+        if value.blob is not None:
+            try:
+                exc = pickle.loads(value.blob)
+            except Exception:
+                exc = None
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(f"{value.type_name}: {value.message}")
+        exc.__cause__ = RemoteTraceback(value.tb)
+        exc.__suppress_context__ = True
+        return exc
+    return RemoteError(f"unexpected reply: {value!r}")
+
+
+class Stats(dict):
+    """A ``stats()`` snapshot: a dict whose keys also read as attributes.
+
+    Example: ``s = f.stats(); s.invocations == s["invocations"]``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class CallFuture(Future):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also cancels the remote call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._nbs_cancel: Any = None
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        if self._nbs_cancel is not None:
+            self._nbs_cancel()
+        return super().cancel() or self.cancelled()
+
+
+def _future_done(fut: CallFuture):
+    def done(job: Job, ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(rebuild_error(value))
+
+    return done
+
+
+class _Box:
+    """The result slot of one blocking call (cheaper than a Future on the hot path)."""
+
+    __slots__ = ("ok", "value", "event")
+
+    def __init__(self) -> None:
+        self.ok: bool | None = None
+        self.value: Any = None
+        self.event: threading.Event | None = None
+
+    def done(self, job: Job, ok: bool, value: Any) -> None:
+        self.value = value
+        self.ok = ok
+        if self.event is not None:
+            self.event.set()
+
+
+class Invoker:
+    """Calls one method (or the function itself) of a pool: the shared call surface of
+    function handles, class handles and their methods."""
+
+    def __init__(self, owner: Any, method: str | None, batched: bool):
+        self._owner = owner
+        self._method = method
+        self._batched = batched
+
+    def _pool(self) -> Pool:
+        return self._owner._get_pool()
+
+    def call(self, args: tuple, kwargs: dict) -> Any:
+        pool = self._pool()
+        box = _Box()
+        if self._batched:
+            job = None
+            self._owner._batcher().add(_one_item(args, kwargs, pool.name), box.done)
+        else:
+            job = pool.call_sync(self._method, args, kwargs, box.done)
+        if box.ok is None:
+            box.event = threading.Event()
+            if box.ok is None:
+                try:
+                    while not box.event.wait(0.5):
+                        pass
+                except KeyboardInterrupt:
+                    if job is not None:
+                        pool.cancel(job)
+                    raise
+        if box.ok:
+            return box.value
+        raise rebuild_error(box.value)
+
+    def submit(self, args: tuple, kwargs: dict) -> CallFuture:
+        pool = self._pool()
+        fut = CallFuture()
+        done = _future_done(fut)
+        if self._batched:
+            self._owner._batcher().add(_one_item(args, kwargs, pool.name), done)
+            return fut
+        job = Job("call", self._method, (args, kwargs), 1, done)
+        fut._nbs_cancel = lambda: pool.cancel(job)
+        fut.set_running_or_notify_cancel()
+        pool.submit(job)
+        return fut
+
+    def map(
+        self,
+        iterables: tuple,
+        *,
+        star: bool,
+        ordered: bool,
+        return_exceptions: bool,
+        progress: bool | None,
+    ):
+        from .mapping import MapRun
+
+        if not iterables:
+            raise TypeError("map() needs at least one iterable of inputs")
+        if len(iterables) == 1:
+            items = iterables[0]
+            total = _len(items)
+            it = iter(items)
+        else:
+            lens = [_len(i) for i in iterables]
+            total = None if None in lens else min(lens)
+            it, star = zip(*iterables, strict=False), True
+        pool = self._pool()
+        return MapRun(
+            pool,
+            self._method,
+            iter(it),
+            star=star,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            total=total,
+            progress=progress,
+            rebuild=rebuild_error,
+        )
+
+
+def _len(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def _one_item(args: tuple, kwargs: dict, name: str) -> Any:
+    if len(args) != 1 or kwargs:
+        raise TypeError(
+            f"{name} is batched (batch_size is set): call it with exactly one positional "
+            "item; the function receives a list of items"
+        )
+    return args[0]
+
+
+class _Callable:
+    """``__call__``/``submit``/``map``/``starmap`` over an Invoker."""
+
+    _invoker: Invoker
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._invoker.call(args, kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> CallFuture:
+        """Start the call and return a ``concurrent.futures.Future`` at once.
+
+        Example: ``fut = f.submit(3); fut.result()``; in asyncio,
+        ``await asyncio.wrap_future(f.submit(3))``.
+        """
+        return self._invoker.submit(args, kwargs)
+
+    def map(
+        self,
+        *iterables: Any,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | None = None,
+    ):
+        """Call for every input, in parallel; results in input order (or as they finish
+        with ``ordered=False``). Work starts at once.
+
+        Example: ``list(f.map(range(10)))``; ``list(f.map(xs, ys))`` zips like ``map``.
+        """
+        return self._invoker.map(
+            iterables,
+            star=False,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            progress=progress,
+        )
+
+    def starmap(
+        self,
+        iterable: Any,
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | None = None,
+    ):
+        """Like ``map`` with each input unpacked as arguments.
+
+        Example: ``list(pow_.starmap([(2, 3), (3, 2)]))`` -> ``[8, 9]``.
+        """
+        return self._invoker.map(
+            (iterable,),
+            star=True,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            progress=progress,
+        )
+
+
+class RemoteFunction(_Callable):
+    """The handle ``@remote`` makes of a function."""
+
+    def __init__(self, fn: Any, options: Options):
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self.options = options
+        self.name = options.name or fn.__qualname__
+        self._pool_obj: Pool | None = None
+        self._batcher_obj: Any = None
+        self._lock = threading.Lock()
+        self._invoker = Invoker(self, None, options.batch_size is not None)
+
+    def _get_pool(self) -> Pool:
+        pool = self._pool_obj
+        if pool is not None and not pool.closed:
+            return pool
+        with self._lock:
+            if self._pool_obj is None or self._pool_obj.closed:
+                code = dumps_code(self._fn, self.name)
+                pool = Pool(
+                    self.name,
+                    "function",
+                    code,
+                    notebook_sources(self._fn),
+                    None,
+                    self.options,
+                    key=self._key(),
+                )
+                pool.prepare()
+                self._pool_obj, self._batcher_obj = pool, None
+            return self._pool_obj
+
+    def _batcher(self) -> Any:
+        from .batching import Batcher
+
+        pool = self._get_pool()
+        with self._lock:
+            if self._batcher_obj is None:
+                o = self.options
+                self._batcher_obj = Batcher(pool, None, o.batch_size, o.batch_wait_ms / 1000)
+            return self._batcher_obj
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run in this kernel, no cluster. Example: ``square.local(3)`` -> ``9``."""
+        return self._fn(*args, **kwargs)
+
+    def stats(self) -> Stats:
+        """A snapshot of this function's metrics (SPEC.md "Metrics and cost")."""
+        from .meter import METER
+
+        if self._pool_obj is not None:
+            return Stats(self._pool_obj.meter.snapshot())
+        return Stats(
+            METER.function(
+                self._key(),
+                name=self.name,
+                kind="function",
+                cpus=self.options.cpus,
+                gpus=self.options.gpus,
+                memory=self.options.memory,
+            ).snapshot()
+        )
+
+    def _key(self) -> str:
+        return f"{self.name}#{id(self)}"
+
+    def __reduce__(self):
+        # Inside a replica the handle's name refers to the plain function.
+        return (_identity, (self._fn,))
+
+    def __repr__(self) -> str:
+        return f"<nbserverless function {self.name}>"
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def remote(obj: Any = None, /, **options: Any) -> Any:
+    """Make a function or class run on elastic replicas. Bare or with options.
+
+    Example::
+
+        @nbs.remote
+        def square(x): return x * x
+
+        @nbs.remote(max_replicas=2, batch_size=64)
+        class Embedder: ...
+    """
+    resolved = Options.resolve(**options)
+
+    def wrap(target: Any) -> Any:
+        if inspect.isclass(target):
+            from .cls import RemoteClass
+
+            return RemoteClass(target, resolved)
+        if callable(target):
+            return RemoteFunction(target, resolved)
+        raise TypeError(f"@remote applies to a function or a class, not {type(target).__name__}")
+
+    if obj is None:
+        return wrap
+    if options:
+        raise TypeError("use @remote or @remote(option=...), not both")
+    return wrap(obj)

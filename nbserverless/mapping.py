@@ -1,0 +1,233 @@
+"""``map``: items streamed through the pool in chunks (or full batches), a bounded window in
+flight, results in input order (or as they finish).
+
+Chunks are sized by measured item time (start at one item, grow toward ``TARGET_CHUNK_S`` of
+work), so tiny items cost one round trip per thousands of items while slow items still spread
+over every replica. Every item succeeds or fails alone, and progress and metrics count items.
+
+Example::
+
+    run = MapRun(pool, None, iter(range(10)), star=False, ordered=True,
+                 return_exceptions=False, total=10, progress=True)
+    list(run)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from . import settings
+from .output import Sink
+from .pool import Job, Pool
+from .progress import progress_bar
+
+TARGET_CHUNK_S = 0.05
+MAX_CHUNK = 16384
+WAIT_SLICE_S = 0.5
+
+
+class MapRun:
+    """One running map; iterate it for the results. Work starts when it is created."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        method: str | None,
+        items: Iterator[Any],
+        *,
+        star: bool,
+        ordered: bool,
+        return_exceptions: bool,
+        total: int | None,
+        progress: bool | None,
+        rebuild: Any,
+    ):
+        self.pool = pool
+        self.method = method
+        self.star = star
+        self.ordered = ordered
+        self.return_exceptions = return_exceptions
+        self.total = total
+        self._rebuild = rebuild
+        self._items = items
+        self._batch = pool.options.batch_size
+        self._cond = threading.Condition(threading.RLock())
+        self._sink = Sink()
+        self._next_in = 0
+        self._exhausted = False
+        self._input_error: BaseException | None = None
+        self._input_error_at = -1
+        self._outstanding = 0  # items submitted and not yet handed to the consumer
+        self._inflight: set[Job] = set()
+        self._done_chunks: dict[int, list] = {}  # ordered: start index -> outcomes
+        self._done_queue: deque[list] = deque()  # unordered
+        self._completed = 0
+        self._errors = 0
+        self._item_s: float | None = None
+        self._closed = False
+        o = pool.options
+        self._max_jobs = 2 * o.max_replicas * (o.concurrency + 1)
+        if progress is None:
+            progress = settings.get("progress")
+        self._bar = progress_bar(total, pool.name, pool.meter, bool(progress))
+        self._feed()
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def _chunk_size(self) -> int:
+        if self._batch:
+            return self._batch
+        if self._item_s is None:
+            return 1
+        size = int(TARGET_CHUNK_S / max(self._item_s, 1e-7))
+        if self.total is not None:
+            replicas = max(1, self.pool.options.max_replicas)
+            left = self.total - self._next_in
+            size = min(size, max(1, left // (2 * replicas)))
+        return max(1, min(size, MAX_CHUNK))
+
+    def _window_ok(self) -> bool:
+        jobs = len(self._inflight)
+        if self._item_s is None and not self._batch:
+            # before the first measurement, one item per replica slot: scale-up starts at once
+            return jobs < self.pool.options.max_replicas * self.pool.options.concurrency
+        return jobs < self._max_jobs and self._outstanding < self._max_jobs * max(
+            self._chunk_size(), 1
+        )
+
+    def _feed(self) -> None:
+        to_send: list[Job] = []
+        with self._cond:
+            while not self._exhausted and not self._closed and self._window_ok():
+                size = self._chunk_size()
+                chunk: list[Any] = []
+                try:
+                    for item in itertools.islice(self._items, size):
+                        chunk.append(item)
+                except BaseException as exc:  # the input iterator itself failed
+                    self._input_error = exc
+                    self._input_error_at = self._next_in + len(chunk)
+                    self._exhausted = True
+                if len(chunk) < size:
+                    self._exhausted = True
+                if not chunk:
+                    break
+                if self.star:
+                    chunk = [tuple(c) for c in chunk]
+                start = self._next_in
+                self._next_in += len(chunk)
+                self._outstanding += len(chunk)
+                job = self._job(start, chunk)
+                self._inflight.add(job)
+                to_send.append(job)
+            self._cond.notify_all()
+        for job in to_send:
+            self.pool.submit(job)
+
+    def _job(self, start: int, chunk: list[Any]) -> Job:
+        def done(job: Job, ok: bool, value: Any, start: int = start) -> None:
+            self._on_done(job, start, ok, value)
+
+        if self._batch:
+            payload = [c[0] if self.star and len(c) == 1 else c for c in chunk]
+            return Job(
+                "batch", self.method, payload, len(chunk), done, sink=self._sink, pipelined=True
+            )
+        return Job(
+            "chunk",
+            self.method,
+            chunk,
+            len(chunk),
+            done,
+            star=self.star,
+            sink=self._sink,
+            pipelined=True,
+        )
+
+    def _on_done(self, job: Job, start: int, ok: bool, value: Any) -> None:
+        if job.kind == "batch":
+            outcomes = [(True, v) for v in value] if ok else [(False, value)] * job.n
+        elif ok:
+            outcomes = value
+        else:
+            outcomes = [(False, value)] * job.n
+        errors = sum(1 for o, _ in outcomes if not o)
+        with self._cond:
+            self._inflight.discard(job)
+            if job.kind == "chunk" and ok and job.n:
+                item_s = job.exec_s / job.n
+                self._item_s = item_s if self._item_s is None else 0.5 * (self._item_s + item_s)
+            if self.ordered:
+                self._done_chunks[start] = outcomes
+            else:
+                self._done_queue.append(outcomes)
+            self._completed += job.n
+            self._errors += errors
+            self._cond.notify_all()
+        self._bar.update(self._completed, self._errors)
+        self._feed()
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            pos = 0
+            while True:
+                outcomes = self._next_outcomes(pos)
+                if outcomes is None:
+                    break
+                pos += len(outcomes)
+                with self._cond:
+                    self._outstanding -= len(outcomes)
+                self._feed()
+                for ok, value in outcomes:
+                    if ok:
+                        yield value
+                        continue
+                    exc = self._rebuild(value)
+                    if self.return_exceptions:
+                        yield exc
+                    else:
+                        raise exc
+            self._bar.close(True)
+        except BaseException:
+            self.cancel()
+            self._bar.close(False)
+            raise
+        finally:
+            if not self._closed:
+                self.cancel()
+
+    def _next_outcomes(self, pos: int) -> list | None:
+        with self._cond:
+            while True:
+                if self.ordered and pos in self._done_chunks:
+                    return self._done_chunks.pop(pos)
+                if not self.ordered and self._done_queue:
+                    return self._done_queue.popleft()
+                if self._input_error is not None and (
+                    (self.ordered and pos >= self._input_error_at)
+                    or (not self.ordered and not self._inflight)
+                ):
+                    err, self._input_error = self._input_error, None
+                    raise err
+                if self._exhausted and not self._inflight and not self._pending_results():
+                    return None
+                self._cond.wait(WAIT_SLICE_S)
+
+    def _pending_results(self) -> bool:
+        return bool(self._done_chunks or self._done_queue)
+
+    def cancel(self) -> None:
+        """Stop feeding and cancel queued and running chunks (Ctrl-C, an error, or break)."""
+        with self._cond:
+            self._closed = True
+            jobs = list(self._inflight)
+            self._inflight.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            self.pool.cancel(job)

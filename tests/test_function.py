@@ -1,0 +1,157 @@
+"""@remote functions: call, local, submit, map, starmap, stats, shipping by value."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import threading
+
+import pytest
+from conftest import wait_until
+
+import nbserverless as nbs
+
+
+@nbs.remote
+def square(x):
+    return x * x
+
+
+@nbs.remote(cpus=0.25, max_replicas=2, name="power")
+def pow_(a, b):
+    return a**b
+
+
+def test_bare_decorator_call_and_local(ray_cluster):
+    assert square(3) == 9
+    assert square.local(4) == 16
+    assert square.name == "square"
+
+
+def test_options_and_name(ray_cluster):
+    assert pow_(2, 5) == 32
+    assert pow_.name == "power"
+    assert pow_.options.cpus == 0.25 and pow_.options.max_replicas == 2
+
+
+def test_submit_returns_a_concurrent_future(ray_cluster):
+    fut = pow_.submit(3, 2)
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(timeout=60) == 9
+
+
+def test_submit_works_with_asyncio(ray_cluster):
+    import asyncio
+
+    async def main():
+        return await asyncio.wrap_future(pow_.submit(2, 3))
+
+    assert asyncio.run(main()) == 8
+
+
+def test_map_ordered_unordered_and_starmap(ray_cluster):
+    xs = list(range(50))
+    assert list(pow_.map(xs, itertools.repeat(2))) == [x**2 for x in xs]
+    assert sorted(pow_.map(xs, [2] * 50, ordered=False)) == [x**2 for x in xs]
+    assert list(pow_.starmap([(2, 3), (3, 2)])) == [8, 9]
+
+
+def test_map_return_exceptions_keeps_every_item(ray_cluster):
+    @nbs.remote(cpus=0.25)
+    def inv(x):
+        return 1 / x
+
+    out = list(inv.map([1, 0, 2, 0, 4], return_exceptions=True))
+    assert out[0] == 1 and out[2] == 0.5 and out[4] == 0.25
+    assert isinstance(out[1], ZeroDivisionError) and isinstance(out[3], ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError):
+        list(inv.map([1, 0, 2]))
+
+
+def test_map_work_starts_before_iteration(ray_cluster):
+    @nbs.remote(cpus=0.25)
+    def ident(x):
+        return x
+
+    run = ident.map(range(5))  # not iterated yet
+    wait_until(lambda: ident.stats()["invocations"] >= 5, what="the map to run un-iterated")
+    assert list(run) == [0, 1, 2, 3, 4]
+
+
+def test_map_pulls_a_bounded_window_of_an_endless_input(ray_cluster):
+    pulled = itertools.count()
+    seen = []
+
+    def endless():
+        for i in itertools.count():
+            next(pulled)
+            yield i
+
+    @nbs.remote(cpus=0.25, max_replicas=2)
+    def ident(x):
+        return x
+
+    for i, value in enumerate(ident.map(endless(), progress=False)):
+        seen.append(value)
+        if i == 2000:
+            break
+    assert seen == list(range(2001))
+    first = next(pulled)
+    # the map stopped pulling: a window, not the whole (endless) input
+    assert first < 2001 + 2 * 2 * 2 * 16384 + 1
+    assert next(pulled) == first + 1
+
+
+def test_closures_ship_by_value_and_code_ships_once_per_replica(ray_cluster):
+    factor = 7
+
+    @nbs.remote(cpus=0.25, max_replicas=1)
+    def scaled(x, _calls=[]):  # noqa: B006 - state that lives as long as the replica
+        _calls.append(x)
+        return x * factor, len(_calls)
+
+    results = [scaled(i) for i in range(5)]
+    assert [r[0] for r in results] == [0, 7, 14, 21, 28]
+    # one replica built the function once and kept it: its state accumulates
+    assert [r[1] for r in results] == [1, 2, 3, 4, 5]
+
+
+def test_stats_has_every_spec_field(ray_cluster):
+    @nbs.remote(cpus=0.25)
+    def noop(x):
+        return x
+
+    assert noop.stats()["invocations"] == 0
+    for i in range(3):
+        noop(i)
+    s = noop.stats()
+    for key in (
+        "invocations", "errors", "retries", "cold_starts", "in_flight", "queued", "replicas",
+        "peak_replicas", "p50_ms", "p95_ms", "p99_ms", "queue_p50_ms", "cold_p50_ms",
+        "exec_p50_ms", "replica_seconds_busy", "replica_seconds_idle",
+    ):  # fmt: skip
+        assert key in s, key
+    assert s.invocations == 3 and s["errors"] == 0
+    assert s.cold_starts == 1  # only the first call waited for a new replica
+    assert s.replicas == 1 and s.peak_replicas == 1
+    assert s.p50_ms > 0 and s.p99_ms >= s.p50_ms
+    assert s.in_flight == 0 and s.queued == 0
+
+
+def test_calls_from_many_threads(ray_cluster):
+    @nbs.remote(cpus=0.25, max_replicas=3)
+    def double(x):
+        return 2 * x
+
+    results = {}
+
+    def worker(k):
+        results[k] = [double(k * 100 + i) for i in range(10)]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == {k: [2 * (k * 100 + i) for i in range(10)] for k in range(4)}
+    assert double.stats().invocations == 40
