@@ -1,0 +1,229 @@
+"""The JupyterLab extension: its jest/lint checks, its install, and a real ``jupyter lab``
+driven by Debian's chromium through Playwright.
+
+Browser flow (one lab, one page, steps in order): open a notebook whose kernel has not loaded
+the extension (empty state), ``%load_ext nbserverless``, define ``@nbs.remote def sq`` and call
+it 30 times; the panel row ``data-function="sq"`` shows 30 calls, the status bar shows replicas
+and a ``$`` cost; "Scale to zero" brings replicas to 0; "Reset metrics" zeroes the counts; a
+page reload repopulates the panel without duplicate rows; a kernel restart empties it and a
+fresh ``%load_ext`` fills it again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lab_helpers import CHROMIUM, LabServer, launch_chromium, write_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+LABEXT = ROOT / "labextension"
+JLPM = shutil.which("jlpm") or "jlpm"
+STEP = 60_000  # ms: bound of every browser wait (they poll, and return as soon as true)
+
+
+def _jlpm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    if not (LABEXT / "node_modules").is_dir():
+        # A checkout where the JS build has not run yet: install the locked dependencies.
+        subprocess.run([JLPM, "install"], cwd=LABEXT, check=True, timeout=600)
+    return subprocess.run(
+        [JLPM, *args], cwd=LABEXT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Node side: jest unit tests of the model, lint, and the installed extension
+# --------------------------------------------------------------------------------------------
+
+
+def test_jest_model_tests():
+    r = _jlpm("test", "--ci")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    m = re.search(r"Tests:\s+(?:(\d+) failed, )?(\d+) passed, (\d+) total", out)
+    assert m, out[-2000:]
+    assert m.group(1) is None and int(m.group(2)) == int(m.group(3)) >= 20, m.group(0)
+
+
+def test_eslint_and_prettier_clean():
+    r = _jlpm("lint:check")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+
+def test_labextension_installed_and_enabled():
+    r = subprocess.run(
+        [sys.executable, "-m", "jupyterlab.labextensions", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+    line = next((ln for ln in out.splitlines() if ln.strip().startswith("nbserverless ")), "")
+    assert "enabled" in line and "OK" in line, out
+
+
+# --------------------------------------------------------------------------------------------
+# Browser
+# --------------------------------------------------------------------------------------------
+
+CELLS = [
+    "%load_ext nbserverless",
+    "import nbserverless as nbs\n\n@nbs.remote\ndef sq(x):\n    return x * x",
+    "print(sum([sq(i) for i in range(30)]))",
+]
+SUM_30 = sum(i * i for i in range(30))  # 8555
+
+
+@pytest.fixture(scope="module")
+def lab(cluster_address):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium (see .ci/run)")
+    server = LabServer({"NBSERVERLESS_ADDRESS": cluster_address})
+    write_notebook(server.root / "panel.ipynb", CELLS)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        pg = context.new_page()
+        pg.console_messages = []  # type: ignore[attr-defined]
+        pg.on("console", lambda m: pg.console_messages.append(m.text))  # type: ignore[attr-defined]
+        pg.set_default_timeout(STEP)
+        pg.goto(lab.url("/lab/tree/panel.ipynb", reset=""))
+        pg.locator(".jp-Notebook").first.wait_for()
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as pw_expect
+
+    return pw_expect(locator)
+
+
+def panel(page):
+    return page.locator("#nbserverless-panel")
+
+
+def row(page, name="sq"):
+    return page.locator(f'#nbserverless-panel tr[data-function="{name}"]')
+
+
+def open_panel(page):
+    """Open the side panel by clicking the status-bar item (SPEC.md)."""
+    if not panel(page).is_visible():
+        page.locator("#nbserverless-status").click()
+    expect(panel(page)).to_be_visible()
+
+
+def run_cell(page, index: int):
+    """Select cell ``index`` of the notebook and run it (Shift+Enter)."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-prompt").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Shift+Enter")
+    return cell
+
+
+def stdout_of(page, index: int):
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    return cell.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]')
+
+
+def wait_idle(page):
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
+        1, timeout=STEP
+    )
+
+
+def test_browser_empty_state_before_load(page):
+    # the kernel starts from the notebook's kernelspec; the extension is not loaded yet
+    wait_idle(page)
+    open_panel(page)
+    expect(panel(page)).to_have_attribute("data-state", "not-loaded")
+    expect(panel(page).locator(".nbs-empty")).to_contain_text("%load_ext nbserverless")
+    expect(page.locator("#nbserverless-status")).to_have_text("⚡ –")
+
+
+def test_browser_calls_show_in_panel_and_status(page):
+    for i in range(3):
+        run_cell(page, i)
+    expect(stdout_of(page, 2)).to_contain_text(str(SUM_30), timeout=120_000)
+    expect(panel(page)).to_have_attribute("data-state", "live")
+    r = row(page)
+    expect(r).to_have_count(1)
+    expect(r.locator(".nbs-col-calls")).to_have_text("30")
+    expect(r.locator(".nbs-col-errors")).to_have_text("0")
+    expect(r.locator(".nbs-col-p50")).to_have_text(re.compile(r"\d.* m?s$"))
+    expect(r.locator(".nbs-col-cost")).to_have_text(re.compile(r"^\$\d"))
+    replicas = int(r.locator(".nbs-col-replicas").inner_text())
+    assert replicas >= 1, "replicas stay warm for keep_alive after the calls"
+    status = page.locator("#nbserverless-status")
+    expect(status).to_have_text(re.compile(r"^⚡ [1-9]\d* replicas? · \$\d"))
+    assert "estimate" in (status.get_attribute("title") or "")
+    # the cluster summary and totals are there
+    expect(panel(page).locator(".nbs-cluster")).to_contain_text("Nodes")
+    expect(panel(page).locator("tfoot .nbs-col-calls")).to_have_text("30")
+
+
+def test_browser_scale_to_zero(page):
+    r = row(page)
+    assert int(r.locator(".nbs-col-replicas").inner_text()) >= 1
+    panel(page).get_by_role("button", name="Scale to zero").click()
+    expect(r.locator(".nbs-col-replicas")).to_have_text("0")
+    expect(page.locator("#nbserverless-status")).to_have_text(re.compile(r"^⚡ 0 replicas · \$"))
+    expect(r.locator(".nbs-col-calls")).to_have_text("30")  # scaling keeps the counts
+
+
+def test_browser_reload_repopulates_without_duplicates(page):
+    page.reload()
+    page.locator(".jp-Notebook").first.wait_for()
+    open_panel(page)
+    expect(row(page)).to_have_count(1)
+    expect(row(page).locator(".nbs-col-calls")).to_have_text("30")
+    expect(page.locator("#nbserverless-status")).to_have_text(re.compile(r"^⚡ \d+ replicas? · \$"))
+    # a second round of calls updates the same row
+    run_cell(page, 2)
+    expect(row(page).locator(".nbs-col-calls")).to_have_text("60")
+    expect(row(page)).to_have_count(1)
+
+
+def test_browser_reset_metrics(page):
+    panel(page).get_by_role("button", name="Reset metrics").click()
+    expect(row(page).locator(".nbs-col-calls")).to_have_text("0")
+    expect(panel(page).locator("tfoot .nbs-col-calls")).to_have_text("0")
+
+
+def test_browser_kernel_restart(page):
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Kernel$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel…$")).click()
+    page.locator(".jp-Dialog button", has_text=re.compile("^Restart$")).click()
+    expect(panel(page)).to_have_attribute("data-state", "not-loaded")
+    expect(row(page)).to_have_count(0)
+    wait_idle(page)
+    for i in range(3):
+        run_cell(page, i)
+    expect(row(page).locator(".nbs-col-calls")).to_have_text("30", timeout=120_000)
+    expect(row(page)).to_have_count(1)
+
+
+def test_browser_no_malformed_message_errors(page):
+    # nothing the kernel sent was rejected by the model
+    assert not [m for m in page.console_messages if "ignored comm message" in m]
