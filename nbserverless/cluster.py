@@ -64,10 +64,30 @@ def _init(
     else:
         kwargs["address"] = address
         kwargs.pop("include_dashboard")
+    _quiet_raylet_messages()
     ray.init(**kwargs)
     # Ray's own loggers stay out of the notebook.
     for name in ("ray", "ray._private", "ray.runtime_env"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _quiet_raylet_messages() -> None:
+    """Ray's driver prints the raylet's error messages (e.g. "A worker died...") into
+    whatever cell runs at that moment. The pool reports such failures on the call they
+    affect, so these go to our logger instead (``logging.getLogger("nbserverless")``)."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    if getattr(ray_worker.print_to_stdstream, "_nbs_quiet", False):
+        return
+
+    def to_log(data: dict, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            log.info("ray %s: %s", data.get("pid", "?"), line)
+
+    to_log._nbs_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
 
 
 def connect(

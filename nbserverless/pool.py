@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -219,7 +220,7 @@ class Pool:
                 self.queue.append(job)
                 self._scale_locked()
         if job.ref is not None:
-            job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+            _on_ready(job.ref, self._on_ref, job)
         elif job.error is not None:
             self._report(job, False, job.error, errors=job.n)
 
@@ -328,7 +329,7 @@ class Pool:
                 self._scale_locked()
         for job in sent:
             if job.ref is not None:
-                job.ref.future().add_done_callback(lambda fut, job=job: self._on_ref(job, fut))
+                _on_ready(job.ref, self._on_ref, job)
             else:
                 self._report(job, False, job.error, errors=job.n)
 
@@ -530,9 +531,9 @@ class Pool:
         actor = ReplicaActor.options(**opts).remote(rid, ROUTER.address)
         rep = Rep(rid, actor)
         self.reps[rid] = rep
-        actor.ping.remote().future().add_done_callback(lambda f, rep=rep: self._on_placed(rep, f))
+        _on_ready(actor.ping.remote(), self._on_placed, rep)
         load = actor.load.remote(self._spec_ref)
-        load.future().add_done_callback(lambda f, rep=rep: self._on_loaded(rep, f))
+        _on_ready(load, self._on_loaded, rep)
 
     def _on_placed(self, rep: Rep, fut: Any) -> None:
         try:
@@ -689,6 +690,42 @@ def _death_cause(exc: BaseException) -> str:
     if isinstance(exc, rex.OutOfMemoryError) or "memory" in str(exc).lower():
         return "out of memory: " + first[:300]
     return first[:300]
+
+
+class _Completions:
+    """Runs completion handlers on one thread of ours. Ray's callback threads only enqueue:
+    a handler may take a pool lock, and a Ray thread blocked on it could stall Ray itself."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, handler: Callable, subject: Any, fut: Any) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="nbs-completions", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((handler, subject, fut))
+
+    def _run(self) -> None:
+        while True:
+            handler, subject, fut = self._queue.get()
+            try:
+                handler(subject, fut)
+            except Exception:
+                log.exception("nbserverless completion handler failed")
+
+
+COMPLETIONS = _Completions()
+
+
+def _on_ready(ref: Any, handler: Callable, subject: Any) -> None:
+    """Call ``handler(subject, future)`` on our completion thread once ``ref`` resolves."""
+    ref.future().add_done_callback(lambda fut: COMPLETIONS.put(handler, subject, fut))
 
 
 def all_pools() -> list[Pool]:

@@ -9,21 +9,45 @@ Example::
 from __future__ import annotations
 
 import inspect
+import io
 import linecache
 import pickle
 import sys
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cp
 
 from .errors import SerializationError
 
 MAX_DIAGNOSE_DEPTH = 3
 
 
+def _code_reduce_keep_filename(code: types.CodeType) -> tuple:
+    # cloudpickle replaces every filename by "<dynamic-code>"; a remote traceback needs the
+    # real one (a notebook cell's) to show the cell's lines.
+    fn, args = _cp._code_reduce(code)[:2]
+    return fn, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap(
+        {types.CodeType: _code_reduce_keep_filename}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def dumps(obj: Any) -> bytes:
+    """cloudpickle, keeping code objects' filenames (for remote tracebacks)."""
+    with io.BytesIO() as f:
+        _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return f.getvalue()
+
+
 def _try_pickle(obj: Any) -> Exception | None:
     try:
-        cloudpickle.dumps(obj)
+        dumps(obj)
         return None
     except Exception as exc:
         return exc
@@ -75,7 +99,7 @@ def dumps_code(obj: Any, name: str) -> bytes:
     """Pickle a function or class for its replicas; raise ``SerializationError`` naming the
     object that cannot be pickled (a global or closure variable, an attribute...)."""
     try:
-        return cloudpickle.dumps(obj)
+        return dumps(obj)
     except Exception as exc:
         found = find_unpicklable(obj, name)
         label, err = found if found else (name, exc)
@@ -85,7 +109,7 @@ def dumps_code(obj: Any, name: str) -> bytes:
 def dumps_value(obj: Any, label: str) -> bytes:
     """Pickle one value (``%%serverless`` inputs and outputs)."""
     try:
-        return cloudpickle.dumps(obj)
+        return dumps(obj)
     except Exception as exc:
         found = find_unpicklable(obj, label)
         where, err = found if found else (label, exc)

@@ -1,0 +1,66 @@
+"""Attaching to an existing cluster, quiet start-up, shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import nbserverless as nbs
+from nbserverless import cluster
+
+SCRIPT = textwrap.dedent(
+    """
+    import ray
+    import nbserverless as nbs
+
+    @nbs.remote(cpus=0.1)
+    def where(x):
+        return x * 2
+
+    print("result", where(21))
+    print("address", ray.get_runtime_context().gcs_address)
+    actor = where._get_pool().reps
+    ids = [r.actor._actor_id.hex() for r in actor.values()]
+    print("actors", ",".join(ids))
+    nbs.shutdown()
+    print("after", ray.is_initialized(), where.stats()["replicas"])
+    """
+)
+
+
+def test_attach_to_existing_cluster_quietly_and_shut_down(ray_cluster, subprocess_env):
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert lines["result"] == "42"
+    assert lines["address"] == ray_cluster  # the same cluster, not a new one
+    assert lines["after"] == "False 0"  # disconnected, scaled to zero
+    # Ray's own log noise stays out of the user's output
+    assert "INFO" not in proc.stderr and "Connecting to existing Ray cluster" not in proc.stderr
+    from ray._private.state import state as gcs  # the cluster's own record of the actors
+
+    for actor_id in lines["actors"].split(","):
+        assert gcs.actor_table(actor_id)["State"] == "DEAD"
+
+
+def test_summary_describes_the_cluster(ray_cluster):
+    s = cluster.summary()
+    assert s["nodes"] == 1 and s["cpus"] == 4.0
+    assert set(s) >= {"address", "nodes", "cpus", "cpus_used", "gpus", "gpus_used"}
+    assert nbs.connect() == s["address"] == "local"  # already connected: no-op
+
+
+def test_config_validates_keys(ray_cluster):
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown setting"):
+        nbs.config(kep_alive=3)
+    assert nbs.config(keep_alive=5)["keep_alive"] == 5
+    assert nbs.config.get("keep_alive") == 5
