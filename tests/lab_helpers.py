@@ -166,5 +166,93 @@ class LabServer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def run_cell(page, index: int):
+    """Select cell ``index`` of the open notebook and run it with the toolbar's run button."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-prompt").click()
+    page.locator(".jp-Notebook .jp-Cell.jp-mod-active").nth(0).wait_for()
+    assert "jp-mod-active" in (cell.get_attribute("class") or "")
+    page.locator(
+        '.jp-NotebookPanel-toolbar [data-command="notebook:run-cell-and-select-next"]'
+    ).click()
+    return cell
+
+
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+SCREENSHOT_CELLS = [
+    "%load_ext nbserverless",
+    "import time\nimport nbserverless as nbs\n\n"
+    "@nbs.remote(cpus=0.5, max_replicas=4)\ndef embed(doc_id):\n"
+    "    time.sleep(0.05)  # stand-in for real work\n    return doc_id % 7\n\n"
+    "@nbs.remote\ndef sq(x):\n    return x * x",
+    "print(sum(sq(i) for i in range(30)))",
+    "vectors = list(embed.map(range(600)))",
+]
+
+
+def screenshot(out: Path, timeout_ms: int = 120_000) -> None:
+    """Save a picture of the Serverless panel while ``embed.map`` runs (docs/panel.png).
+
+    ``python tests/lab_helpers.py docs/panel.png``
+    """
+    import re
+
+    import ray
+    from playwright.sync_api import expect, sync_playwright
+
+    import nbserverless as nbs
+    from nbserverless import cluster
+
+    # the kernel attaches to a cluster this process owns, as in the tests
+    temp_dir = tempfile.mkdtemp(prefix="nbs-shot-", dir="/tmp")
+    cluster.connect(temp_dir=temp_dir, num_cpus=4)
+    server = LabServer({"NBSERVERLESS_ADDRESS": ray.get_runtime_context().gcs_address})
+    write_notebook(server.root / "quickstart.ipynb", SCREENSHOT_CELLS)
+    server.start()
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1440, "height": 860})
+            page.set_default_timeout(timeout_ms)
+            page.goto(server.url("/lab/tree/quickstart.ipynb", reset=""))
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
+            page.locator("#nbserverless-status").click()
+            page.locator("#nbserverless-panel").wait_for()
+            # widen the right side bar so every column of the table shows
+            handle = page.locator(
+                "#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)"
+            ).last
+            box = handle.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x - 300, y, steps=5)
+            page.mouse.up()
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            for i in range(len(SCREENSHOT_CELLS)):
+                run_cell(page, i)
+                if i == 2:  # the warm-up calls are done before the map starts
+                    expect(
+                        cells.nth(2).locator('[data-mime-type="application/vnd.jupyter.stdout"]')
+                    ).to_contain_text("8555", timeout=timeout_ms)
+            # during the map: embed has replicas and calls, and is not finished yet
+            row = page.locator('#nbserverless-panel tr[data-function="embed"]')
+            expect(row.locator(".nbs-col-replicas")).to_have_text(
+                re.compile("^[2-9]"), timeout=timeout_ms
+            )
+            expect(row.locator(".nbs-col-calls")).to_have_text(
+                re.compile(r"^[1-9]\d\d?$"), timeout=timeout_ms
+            )
+            page.screenshot(path=str(out))
+            browser.close()
+    finally:
+        server.stop()
+        nbs.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/panel.png"))

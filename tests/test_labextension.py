@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lab_helpers import CHROMIUM, LabServer, launch_chromium, write_notebook
+from lab_helpers import CHROMIUM, LabServer, launch_chromium, run_cell, write_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEXT = ROOT / "labextension"
@@ -131,15 +131,6 @@ def open_panel(page):
     if not panel(page).is_visible():
         page.locator("#nbserverless-status").click()
     expect(panel(page)).to_be_visible()
-
-
-def run_cell(page, index: int):
-    """Select cell ``index`` of the notebook and run it (Shift+Enter)."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".jp-InputArea-prompt").click()
-    page.keyboard.press("Escape")
-    page.keyboard.press("Shift+Enter")
-    return cell
 
 
 def stdout_of(page, index: int):

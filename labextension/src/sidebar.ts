@@ -61,13 +61,13 @@ const COLUMNS: {
   },
   {
     key: 'replicas',
-    label: 'Replicas',
+    label: 'Repl.',
     title: 'Replicas running now (peak in the tooltip)',
     cell: f => `${f.replicas}`
   },
   {
     key: 'cost',
-    label: 'Est. cost',
+    label: 'Cost (est.)',
     title: 'Estimated cost (USD) from the price table: an estimate, not a bill',
     cell: f => formatCost(f.cost)
   },
