@@ -1,0 +1,338 @@
+"""The ``%%serverless`` cell capture: which names a cell reads and assigns, and the small
+executor that runs a cell body on a replica.
+
+Analysis happens in the kernel with ``ast`` and ``symtable`` (never regexes): a name is an
+*input* when the cell may read it before assigning it (at the top level, or inside functions,
+lambdas, classes and comprehensions it defines), and an *output* when the cell binds it at
+module level. The executor (``run_cell``) is an importable function, so it ships by reference;
+it rebuilds the inputs, ``exec``s the body compiled with the cell's display name (tracebacks
+read ``File "<cell N>", line L``), and pickles the outputs one by one so that a value that
+cannot come back does not stop the others.
+
+Example::
+
+    >>> names = analyze("y = x + 1\\nprint(y)")
+    >>> names.reads, names.assigns
+    (['x', 'print'], ['y'])
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import builtins
+import hashlib
+import io
+import linecache
+import pickle
+import re
+import symtable
+import tokenize
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .shipping import cell_display_name, dumps_value, notebook_sources
+
+LAST_VALUE = "<the cell's value>"
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
+_EXECUTOR_FILES = ("nbserverless/capture.py", "nbserverless\\capture.py")
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_UNCONDITIONAL = (
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.Import,
+    ast.ImportFrom,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Expr,
+)
+
+
+@dataclass
+class CellNames:
+    """What a cell body reads before assigning (``reads``) and binds at top level
+    (``assigns``), both in source order; ``last_expr`` when it ends with an expression."""
+
+    reads: list[str] = field(default_factory=list)
+    assigns: list[str] = field(default_factory=list)
+    last_expr: bool = False
+
+
+class _ShallowLoads(ast.NodeVisitor):
+    """Names one top-level statement loads in its own scope; nested function, lambda and class
+    bodies are left to ``symtable`` (only what runs at definition time is visited here)."""
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+        self.stores: list[str] = []
+        self._hidden: list[set[str]] = []  # comprehension targets in scope
+
+    def _load(self, name: str) -> None:
+        if not any(name in h for h in self._hidden):
+            self.loads.append(name)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load | ast.Del):
+            self._load(node.id)
+        elif not self._hidden:
+            self.stores.append(node.id)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):
+            self._load(node.target.id)
+        self.generic_visit(node)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        self.stores.append(node.target.id)  # binds in the enclosing (here: cell) scope
+
+    def _definition_time(self, node: Any) -> None:
+        for d in getattr(node, "decorator_list", []):
+            self.visit(d)
+        args = getattr(node, "args", None)
+        if isinstance(args, ast.arguments):
+            for d in [*args.defaults, *args.kw_defaults]:
+                if d is not None:
+                    self.visit(d)
+            if not isinstance(node, ast.Lambda):
+                for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg,
+                          args.kwarg]:  # fmt: skip
+                    if a is not None and a.annotation is not None:
+                        self.visit(a.annotation)
+        if getattr(node, "returns", None) is not None:
+            self.visit(node.returns)
+        for b in [*getattr(node, "bases", []), *getattr(node, "keywords", [])]:
+            self.visit(b)
+
+    def visit_FunctionDef(self, node: Any) -> None:
+        self._definition_time(node)
+        self.stores.append(node.name)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+    visit_ClassDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._definition_time(node)
+
+    def _comprehension(self, node: Any, parts: list[ast.AST]) -> None:
+        gens = node.generators
+        self.visit(gens[0].iter)  # evaluated in the enclosing scope
+        targets = {n.id for g in gens for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        self._hidden.append(targets)
+        for i, g in enumerate(gens):
+            if i:
+                self.visit(g.iter)
+            for cond in g.ifs:
+                self.visit(cond)
+        for p in parts:
+            self.visit(p)
+        self._hidden.pop()
+
+    def visit_ListComp(self, node: Any) -> None:
+        self._comprehension(node, [node.elt])
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_DictComp(self, node: ast.DictComp) -> None:
+        self._comprehension(node, [node.key, node.value])
+
+    def visit_Import(self, node: Any) -> None:
+        for alias in node.names:
+            if alias.name != "*":
+                self.stores.append(alias.asname or alias.name.split(".")[0])
+
+    visit_ImportFrom = visit_Import
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.stores.append(node.name)
+        self.generic_visit(node)
+
+
+def _nested_globals(table: symtable.SymbolTable, out: list[tuple[int, str]], assigned: set) -> None:
+    """(line, name) of every module-level name read inside nested scopes of ``table``, and the
+    names they assign through ``global``."""
+    for child in table.get_children():
+        for sym in child.get_symbols():
+            if sym.is_global() and (sym.is_referenced() or sym.is_declared_global()):
+                if sym.is_referenced():
+                    out.append((child.get_lineno(), sym.get_name()))
+                if sym.is_declared_global() and sym.is_assigned():
+                    assigned.add(sym.get_name())
+        _nested_globals(child, out, assigned)
+
+
+def analyze(source: str, filename: str = "<cell>") -> CellNames:
+    """Inputs and outputs of a cell body. Raises ``SyntaxError`` for invalid code.
+
+    Example: ``analyze("import math\\nr = math.sqrt(v)").reads`` -> ``['v']``.
+    """
+    tree = ast.parse(source, filename, "exec")
+    table = symtable.symtable(source, filename, "exec")
+    nested: list[tuple[int, str]] = []
+    global_assigns: set[str] = set()
+    _nested_globals(table, nested, global_assigns)
+
+    names = CellNames(last_expr=bool(tree.body) and isinstance(tree.body[-1], ast.Expr))
+    definite: set[str] = set()
+    reads: dict[str, None] = {}
+    assigns: dict[str, None] = {}
+    for stmt in tree.body:
+        v = _ShallowLoads()
+        v.visit(stmt)
+        end = getattr(stmt, "end_lineno", stmt.lineno)
+        inner = [n for line, n in nested if stmt.lineno <= line <= end]
+        for n in [*v.loads, *inner]:
+            if n not in definite:
+                reads.setdefault(n)
+        for n in v.stores:
+            assigns.setdefault(n)
+        if isinstance(stmt, _UNCONDITIONAL):
+            definite.update(v.stores)
+    for n in sorted(global_assigns):
+        assigns.setdefault(n)
+    names.reads = list(reads)
+    names.assigns = [n for n in assigns if not (n.startswith("__") and n.endswith("__"))]
+    return names
+
+
+def compile_body(source: str, filename: str) -> tuple[Any, Any | None, bool]:
+    """``(body, last, is_async)``: the statements, the final expression (or ``None``) compiled
+    separately so its value can be returned, and whether top-level ``await`` is used."""
+    flags = 0
+    tree = ast.parse(source, filename, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    try:
+        body_code = compile(tree, filename, "exec", dont_inherit=True)
+        last_code = compile(last, filename, "eval", dont_inherit=True) if last else None
+    except SyntaxError:
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        body_code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+        last_code = (
+            compile(last, filename, "eval", flags=flags, dont_inherit=True) if last else None
+        )
+    return body_code, last_code, bool(flags)
+
+
+def _run(code: Any, ns: dict, is_async: bool, mode: str) -> Any:
+    if mode == "exec" and not is_async:
+        exec(code, ns)  # the user's own cell
+        return None
+    value = eval(code, ns)  # an expression, or a body with top-level await (a coroutine)
+    if is_async and asyncio.iscoroutine(value):
+        return asyncio.run(value)
+    return value
+
+
+def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell body on a replica (the executor every cell pool runs).
+
+    ``job``: ``source`` (padded so line numbers match the cell), ``filename`` (``<cell N>``),
+    ``lines`` (the whole cell, for tracebacks), ``sources`` (``{filename: lines}`` of shipped
+    notebook code), ``inputs`` (``{name: pickle}``), ``outputs`` (names to bring back),
+    ``exact`` (``--out`` given: report listed names that are missing), ``want_value``.
+    Returns ``{"outputs": {name: pickle}, "value": pickle | None, "failed": {name: why}}``.
+    """
+    filename = job["filename"]
+    for fn, lines in {**job.get("sources", {}), filename: job["lines"]}.items():
+        linecache.cache[fn] = (sum(map(len, lines)), None, list(lines), fn)
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    for name, blob in job["inputs"].items():
+        try:
+            ns[name] = pickle.loads(blob)
+        except Exception as exc:
+            raise type(exc)(
+                f"the notebook value {name!r} could not be rebuilt on the replica: {exc}"
+            ) from None
+    body, last, is_async = compile_body(job["source"], filename)
+    _run(body, ns, is_async, "exec")
+    value = _run(last, ns, is_async, "eval") if last is not None else None
+    outputs: dict[str, bytes] = {}
+    failed: dict[str, str] = {}
+    for name in job["outputs"]:
+        if name not in ns:
+            if job.get("exact"):
+                failed[name] = "the cell did not define it"
+            continue
+        try:
+            outputs[name] = cloudpickle.dumps(ns[name])
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    blob = None
+    if value is not None and job.get("want_value", True):
+        try:
+            blob = cloudpickle.dumps(value)
+        except Exception as exc:
+            failed[LAST_VALUE] = f"{type(exc).__name__}: {exc}"
+    return {"outputs": outputs, "value": blob, "failed": failed}
+
+
+# ---- kernel side ----------------------------------------------------------------------------
+
+
+def cell_identity(shell: Any, body: str) -> str:
+    """The frontend's cell id when it sends one (JupyterLab), else the body text: re-runs of
+    one cell map to one pool and one meter row."""
+    try:
+        cell_id = shell.kernel.get_parent()["metadata"].get("cellId")
+    except Exception:
+        cell_id = None
+    if cell_id:
+        return f"id:{cell_id}"
+    return "src:" + hashlib.sha1(body.encode()).hexdigest()
+
+
+def is_quiet(body: str) -> bool:
+    """A trailing ``;`` hides the value, as in a normal cell."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(body).readline)
+                  if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT,
+                                    tokenize.ENDMARKER, tokenize.DEDENT, tokenize.INDENT)]  # fmt: skip
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return bool(tokens) and tokens[-1].string == ";"
+
+
+def pickle_inputs(shell: Any, reads: list[str]) -> tuple[dict[str, bytes], dict[str, list[str]]]:
+    """Pickle the names the cell reads that exist in the notebook; ``SerializationError``
+    (naming the value) before anything is sent."""
+    ns, hidden = shell.user_ns, shell.user_ns_hidden
+    inputs: dict[str, bytes] = {}
+    sources: dict[str, list[str]] = {}
+    for name in reads:
+        if name not in ns or (name in hidden and hidden[name] is ns[name]):
+            continue
+        value = ns[name]
+        inputs[name] = dumps_value(value, name)
+        code = getattr(value, "_fn", None) or getattr(value, "_cls", None) or value
+        if callable(code) and getattr(code, "__module__", None) == "__main__":
+            for fn, (_, lines, _) in notebook_sources(code).items():
+                sources[fn] = lines
+    return inputs, sources
+
+
+def clean_traceback(text: str) -> str:
+    """A replica's traceback as the notebook should show it: the executor's own frames
+    dropped, notebook files shown as ``<cell N>``."""
+    out: list[str] = []
+    skip = False
+    for line in text.splitlines(keepends=True):
+        m = _FRAME.match(line)
+        if m:
+            path = m["file"]
+            skip = path.endswith(_EXECUTOR_FILES)
+            display = cell_display_name(path)
+            if display:
+                line = line.replace(f'"{path}"', f'"{display}"', 1)
+        elif not line.startswith("    "):
+            skip = False
+        if not skip:
+            out.append(line)
+    return "".join(out)
