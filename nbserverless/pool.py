@@ -287,7 +287,7 @@ class Pool:
         try:
             if job.kind == "call":
                 args, kwargs = job.payload
-                method = actor.call.remote(job.method, args, kwargs, call_id)
+                method = actor.call.remote([job.method, list(args), kwargs or None, call_id])
             elif job.kind == "batch":
                 method = actor.batch.remote(job.method, job.payload, call_id)
             else:
