@@ -22,6 +22,10 @@ log = logging.getLogger("nbserverless")
 ADDRESS_ENV_VARS = ("NBSERVERLESS_ADDRESS", "RAY_ADDRESS")
 CONNECT_TIMEOUT_S = 180.0
 SUMMARY_TTL_S = 1.0
+GCS_PATIENCE_ENV = {
+    "RAY_gcs_rpc_server_reconnect_timeout_s": "300",
+    "RAY_gcs_rpc_server_connect_timeout_s": "60",
+}
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {
@@ -47,6 +51,10 @@ def _init(
 ) -> None:
     if token:
         os.environ["RAY_AUTH_TOKEN"] = token  # read by Ray; never printed
+    # On a loaded machine Ray's GCS can take over a minute to answer; Ray's default is then
+    # to abort the whole process (the kernel). Wait longer instead.
+    for var, seconds in GCS_PATIENCE_ENV.items():
+        os.environ.setdefault(var, seconds)
     kwargs: dict[str, Any] = {
         "log_to_driver": False,  # replicas' output is routed to the calling cell instead
         "logging_level": logging.ERROR,
