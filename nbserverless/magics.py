@@ -198,7 +198,11 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
         names = capture.analyze(source, filename)
     except SyntaxError as exc:
         raise exc.with_traceback(None) from None  # shown by IPython with the cell's line
-    inputs, sources = capture.pickle_inputs(shell, names.reads)
+    try:
+        inputs, sources = capture.pickle_inputs(shell, names.reads)
+    except SerializationError as exc:
+        _decorate(exc)
+        raise
     job = {
         "source": source,
         "filename": filename,
