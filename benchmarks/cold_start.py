@@ -69,7 +69,7 @@ def _nbs_side(ctx, cpus: float, prewarm: int | None) -> Side:
 
 def _actor_side(ctx, ray, cpus: float) -> Side:
     def one():
-        CLUSTER.free_cpus(cpus, 30)
+        CLUSTER.make_room(cpus)
         salt = f"actor-{next(_tag)}"
         cls = notebook_def(ACTOR_SRC, SALT=salt)["ColdActor"]
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ def _check(out, n: int) -> tuple[bool, str]:
 
 def _timed(fn, n: int) -> dict:
     t0 = time.perf_counter()
-    out = fn(n)
+    out = list(fn(n))  # consume inside the timing (nbs map returns an iterator)
     dt = time.perf_counter() - t0
     ok, why = _check(out, n)
     return {"items_per_s": n / dt, "s": dt, "ok": ok, "why": why}
@@ -52,17 +52,29 @@ def run(ctx) -> None:
     def nbs_setup():
         nbs = CLUSTER.nbserverless()
         fn = notebook_def("def inc(x):\n    return x + 1\n")["inc"]
-        nbs_side.f = nbs.remote(keep_alive=600, name="bench_map_inc")(fn)
+        nbs_side.f = nbs.remote(keep_alive=5, name="bench_map_inc")(fn)
 
-    nbs_side = Side("nbs f.map", lambda: _timed(
-        lambda n: nbs_side.f.map(range(n), progress=False), n_big), setup=nbs_setup)
+    def nbs_one():
+        # replicas up first (untimed), like the pre-started pools of the anchors
+        list(nbs_side.f.map(range(2_000), progress=False))
+        return _timed(lambda n: nbs_side.f.map(range(n), progress=False), n_big)
+
+    nbs_side = Side("nbs f.map (warm replicas)", nbs_one, setup=nbs_setup)
     sides.append(nbs_side)
     sizes[nbs_side.name] = n_big
 
     # --- one Ray task per item
     task = ray.remote(inc)
-    s = Side("raw Ray task per item", lambda: _timed(
-        lambda n: ray.get([task.remote(i) for i in range(n)]), n_task))
+
+    def task_one():
+        waited = CLUSTER.make_room(2.0)  # idle nbs replicas hold the CPUs the tasks need
+        if waited > 1:
+            ctx.log(f"{SC}: waited {waited:.1f} s for CPUs; available now "
+                    f"{ray.available_resources().get('CPU', 0):g}")
+        ray.get([task.remote(i) for i in range(20)])  # worker processes up again (untimed)
+        return _timed(lambda n: ray.get([task.remote(i) for i in range(n)]), n_task)
+
+    s = Side("raw Ray task per item", task_one)
     sides.append(s)
     sizes[s.name] = n_task
 
@@ -141,7 +153,7 @@ def run(ctx) -> None:
 
     rows = {s.name: add_rows(ctx, SC, s, [("items_per_s", "items/s")], n=sizes[s.name])
             for s in sides}
-    nb = rows["nbs f.map"]["items_per_s"]
+    nb = rows[nbs_side.name]["items_per_s"]
     r, v = ratio(nb, rows["raw Ray task per item"]["items_per_s"])
     ctx.check(SC, "nbs items/s / Ray task-per-item items/s", r, ">=", 500, 100, valid=v)
     r, v = ratio(nb, rows["multiprocessing.Pool(2).map"]["items_per_s"])
