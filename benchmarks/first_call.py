@@ -14,7 +14,7 @@ import sys
 from ._common import Side, add_rows, interleave, need, ratio
 
 SC = "first_call"
-TIMEOUT_S = 240
+TIMEOUT_S = 150
 
 NBS_SCRIPT = r"""
 import json, sys, time
