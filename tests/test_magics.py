@@ -308,3 +308,30 @@ def test_quickstart_notebook_is_committed_without_outputs():
     assert any(c.source.startswith("%%serverless") for c in code)
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert magics.COMMANDS[0] == "status" and "%serverless status" in code[-1].source
+
+
+def test_ctrl_c_cancels_the_remote_run(ip):
+    import _thread
+    import threading
+    import time
+
+    from conftest import wait_until
+
+    def interrupt_when_running():
+        wait_until(
+            lambda: any(
+                f["name"] == "sleepy" and f["in_flight"] for f in METER.snapshot()["functions"]
+            ),
+            timeout=60,
+            what="the cell to run on a replica",
+        )
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=interrupt_when_running, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    res = run(ip, "%%serverless --cpus 0.25 --name sleepy\nimport time\ntime.sleep(120)")
+    t.join(5)
+    assert isinstance(res.error_in_exec, KeyboardInterrupt)
+    assert time.monotonic() - t0 < 60
+    wait_until(lambda: row("sleepy")["in_flight"] == 0, timeout=30, what="the call to end")
