@@ -203,7 +203,9 @@ def analyze(source: str, filename: str = "<cell>") -> CellNames:
 
 def compile_body(source: str, filename: str) -> tuple[Any, Any | None, bool]:
     """``(body, last, is_async)``: the statements, the final expression (or ``None``) compiled
-    separately so its value can be returned, and whether top-level ``await`` is used."""
+    separately so its value can be returned, and whether top-level ``await`` is used.
+
+    Example: ``compile_body("x = 1\nx + 1", "<cell 3>")[1]`` is the code of ``x + 1``."""
     flags = 0
     tree = ast.parse(source, filename, "exec")
     last = None
@@ -279,7 +281,9 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
 
 def cell_identity(shell: Any, body: str) -> str:
     """The frontend's cell id when it sends one (JupyterLab), else the body text: re-runs of
-    one cell map to one pool and one meter row."""
+    one cell map to one pool and one meter row.
+
+    Example: ``cell_identity(None, "x = 1")`` -> ``'src:34bce5f7...'``."""
     try:
         cell_id = shell.kernel.get_parent()["metadata"].get("cellId")
     except Exception:
@@ -290,7 +294,9 @@ def cell_identity(shell: Any, body: str) -> str:
 
 
 def is_quiet(body: str) -> bool:
-    """A trailing ``;`` hides the value, as in a normal cell."""
+    """A trailing ``;`` hides the value, as in a normal cell.
+
+    Example: ``is_quiet("x;")`` -> ``True``; ``is_quiet("x  # ;")`` -> ``False``."""
     try:
         tokens = [t for t in tokenize.generate_tokens(io.StringIO(body).readline)
                   if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT,
@@ -301,8 +307,14 @@ def is_quiet(body: str) -> bool:
 
 
 def pickle_inputs(shell: Any, reads: list[str]) -> tuple[dict[str, bytes], dict[str, list[str]]]:
-    """Pickle the names the cell reads that exist in the notebook; ``SerializationError``
-    (naming the value) before anything is sent."""
+    """Pickle the names the cell reads that exist in the notebook (IPython's own hidden names
+    excepted), with the cell sources of notebook functions among them; raises
+    ``SerializationError`` naming the value before anything is sent.
+
+    Example: ``pickle_inputs(ip, ["data", "print"])`` -> ``({"data": b"..."}, {})``."""
+    from .cls import RemoteClass
+    from .function import RemoteFunction
+
     ns, hidden = shell.user_ns, shell.user_ns_hidden
     inputs: dict[str, bytes] = {}
     sources: dict[str, list[str]] = {}
@@ -311,7 +323,11 @@ def pickle_inputs(shell: Any, reads: list[str]) -> tuple[dict[str, bytes], dict[
             continue
         value = ns[name]
         inputs[name] = dumps_value(value, name)
-        code = getattr(value, "_fn", None) or getattr(value, "_cls", None) or value
+        code = value
+        if isinstance(value, RemoteFunction):
+            code = value._fn
+        elif isinstance(value, RemoteClass):
+            code = value._cls
         if callable(code) and getattr(code, "__module__", None) == "__main__":
             for fn, (_, lines, _) in notebook_sources(code).items():
                 sources[fn] = lines
@@ -320,7 +336,9 @@ def pickle_inputs(shell: Any, reads: list[str]) -> tuple[dict[str, bytes], dict[
 
 def clean_traceback(text: str) -> str:
     """A replica's traceback as the notebook should show it: the executor's own frames
-    dropped, notebook files shown as ``<cell N>``."""
+    dropped, notebook files shown as ``<cell N>``.
+
+    Example: ``clean_traceback(cause.tb)`` for the ``RemoteTraceback`` of a failed cell."""
     out: list[str] = []
     skip = False
     for line in text.splitlines(keepends=True):

@@ -124,7 +124,10 @@ _POOLS_LOCK = threading.Lock()
 
 
 def cell_pool(options: Options, identity: str | None, name: str) -> CellPool:
-    """The pool for this option set and cell identity (``None`` with ``--name``)."""
+    """The pool for this option set and cell identity (``None`` with ``--name``), made once.
+
+    Example: ``cell_pool(Options.resolve(cpus=0.5), "src:ab12", "cell[3]").run(job, "cell[3]")``.
+    """
     key = (options.key(), identity)
     with _POOLS_LOCK:
         found = _POOLS.get(key)
@@ -134,7 +137,9 @@ def cell_pool(options: Options, identity: str | None, name: str) -> CellPool:
 
 
 def close_cell_pools() -> None:
-    """Remove the replicas of every ``%%serverless`` pool (``%unload_ext``)."""
+    """Remove the replicas of every ``%%serverless`` pool (``%unload_ext``).
+
+    Example: ``close_cell_pools()``; the next ``%%serverless`` cell starts cold."""
     with _POOLS_LOCK:
         pools = list(_POOLS.values())
         _POOLS.clear()
@@ -188,7 +193,10 @@ def _short(why: str) -> str:
 
 def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     """Run ``body`` on a replica with the parsed options; bring back what it assigns and
-    return its last value (displayed as the cell's result)."""
+    return its last value (displayed as the cell's result).
+
+    Example: ``execute_cell(ip, parse_argstring(magic, "--cpus 1"), "--cpus 1", "x = 1\nx")``
+    -> ``1``."""
     options = _resolve(args)
     out = _out_names(args.out)
     n = shell.execution_count
@@ -318,7 +326,9 @@ def _prices(items: list[str]) -> Any:
 
 
 def execute_command(shell: Any, command: str, items: list[str]) -> Any:
-    """Run one ``%serverless`` command; returns what the cell should display (or None)."""
+    """Run one ``%serverless`` command; returns what the cell should display (or None).
+
+    Example: ``execute_command(ip, "config", ["keep_alive=30"])``."""
     import nbserverless as nbs
 
     if items and command not in ("config", "prices", "connect"):
@@ -382,7 +392,9 @@ class ServerlessMagics(Magics):
 
 
 def register(ip: Any) -> None:
-    """Add the magics to ``ip`` (called by ``%load_ext nbserverless``)."""
+    """Add the magics to ``ip`` (called by ``%load_ext nbserverless``).
+
+    Example: ``register(get_ipython())``."""
     ip.register_magics(ServerlessMagics)
 
 
