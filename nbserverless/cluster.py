@@ -35,6 +35,8 @@ _state: dict[str, Any] = {
     "error": None,  # exception of a failed background connect
     "summary": None,
     "summary_at": 0.0,
+    "ready": threading.Event(),  # a background connect finished (or failed)
+    "stop": threading.Event(),  # lets the background connect thread end (disconnect)
 }
 
 
@@ -136,6 +138,8 @@ def connect(
                 )
                 _state["thread"] = t
                 _state["error"] = None
+                _state["ready"] = threading.Event()
+                _state["stop"] = threading.Event()
                 t.start()
             return "local" if address is None else address
     wait_connected()
@@ -149,6 +153,8 @@ def connect(
 
 
 def _background_connect(address: str | None, token: str | None, temp_dir: str | None) -> None:
+    # Ray starts the embedded cluster's daemons with PR_SET_PDEATHSIG, which fires when the
+    # *thread* that started them exits: this thread stays alive until disconnect().
     try:
         with _lock:
             if not ray.is_initialized():
@@ -157,20 +163,20 @@ def _background_connect(address: str | None, token: str | None, temp_dir: str | 
                 _state["embedded"] = address is None
     except BaseException as exc:  # reported at the first call that needs the cluster
         _state["error"] = exc
-    finally:
         _state["thread"] = None
+        _state["ready"].set()
+        return
+    _state["ready"].set()
+    _state["stop"].wait()
 
 
 def wait_connected(timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Wait (bounded) for a background connect started by ``%load_ext`` to finish."""
-    t = _state["thread"]
-    if t is not None:
-        t.join(timeout)
-        if t.is_alive():
-            raise TimeoutError(
-                f"the cluster did not come up within {timeout:.0f} s; check `ray status` "
-                "or connect to an existing cluster with nbs.connect(address)"
-            )
+    if _state["thread"] is not None and not _state["ready"].wait(timeout):
+        raise TimeoutError(
+            f"the cluster did not come up within {timeout:.0f} s; check `ray status` "
+            "or connect to an existing cluster with nbs.connect(address)"
+        )
     err = _state["error"]
     if err is not None:
         _state["error"] = None
@@ -179,7 +185,7 @@ def wait_connected(timeout: float = CONNECT_TIMEOUT_S) -> None:
 
 def ensure_connected() -> None:
     """Connect on first use (the implicit ``nbs.connect()``)."""
-    if ray.is_initialized() and _state["thread"] is None:
+    if ray.is_initialized() and (_state["thread"] is None or _state["ready"].is_set()):
         return
     wait_connected()
     if not ray.is_initialized():
@@ -205,12 +211,20 @@ def disconnect() -> None:
     with _lock:
         if ray.is_initialized():
             ray.shutdown()
-        _state.update(address=None, embedded=False, summary=None, summary_at=0.0)
+        _state.update(address=None, embedded=False, summary=None, summary_at=0.0, nodes=None)
+        _state["stop"].set()
+        _state["thread"] = None
 
 
-def node_resources() -> list[dict[str, float]]:
-    """Total resources of each alive node."""
-    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+def node_resources(max_age_s: float = 5.0) -> list[dict[str, float]]:
+    """Total resources of each alive node (cached for ``max_age_s``)."""
+    now = time.monotonic()
+    cached = _state.get("nodes")
+    if cached is not None and now - _state.get("nodes_at", 0.0) < max_age_s:
+        return cached
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    _state["nodes"], _state["nodes_at"] = nodes, now
+    return nodes
 
 
 def can_autoscale() -> bool:

@@ -208,6 +208,14 @@ class FunctionMeter:
             n = len(self._live)
         self._meter._replicas_changed(self, n)
 
+    def borrowed(self, seconds: float) -> None:
+        """Busy time of a call that ran on a borrowed worker while the first replica
+        started (see bridge.py): billed as busy replica time, but it is no replica."""
+        with self._lock:
+            self._closed_life += seconds
+            self._closed_busy += seconds
+        self._meter.version += 1
+
     # ---- reading --------------------------------------------------------------------------
     def _fold(self) -> None:
         """Move buffered latency records into the sketches (and into open scopes)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import queue
 import threading
 import time
 from collections import deque
@@ -28,7 +27,7 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from . import cluster
+from . import bridge, cluster, settings
 from .errors import (
     CallTimeoutError,
     CancelledError,
@@ -41,6 +40,9 @@ from .options import Options
 from .output import ROUTER, Sink
 from .replica import Replica
 from .shipping import diagnose_args
+from .supervisor import SUPERVISOR
+from .supervisor import on_ready as _on_ready
+from .supervisor import registry as _registry
 
 log = logging.getLogger("nbserverless")
 
@@ -52,12 +54,9 @@ DEATH_ERRORS = (
     rex.ObjectLostError,
     rex.OutOfMemoryError,
 )
-CANCEL_GRACE_S = 2.0
 DEFAULT_START_S = 1.0
 GIVE_WAY_AFTER_S = 0.3
 _call_ids = itertools.count(1)
-_pools: dict[int, Pool] = {}
-_pools_lock = threading.Lock()
 
 #: done(job, ok, value): value is the envelope's value (ok) or an exception (not ok)
 DoneFn = Callable[["Job", bool, Any], None]
@@ -87,6 +86,7 @@ class Job:
         "finished",
         "error",
         "exec_s",
+        "bridged",
     )
 
     def __init__(
@@ -121,6 +121,7 @@ class Job:
         self.finished = False
         self.error: BaseException | None = None  # set when it could not be sent
         self.exec_s = 0.0  # execution time the replica measured
+        self.bridged = False  # ran as a task while the first replica started
 
 
 class Rep:
@@ -185,9 +186,12 @@ class Pool:
         self.replica_history: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.init_error: BaseException | None = None
         self.item_s: float | None = None  # measured execution time per item (EMA)
+        self._bridge_jobs: set[Job] = set()
+        self.last_demand = time.monotonic()
+        self.starts = 0  # replicas ever requested (scale-up decisions)
+        self._can_bridge = bridge.eligible(options, kind)
         self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
-        with _pools_lock:
-            _pools[id(self)] = self
+        _registry.add(self)
         SUPERVISOR.ensure_running()
 
     # -- submitting ----------------------------------------------------------------------
@@ -209,6 +213,7 @@ class Pool:
     def submit(self, job: Job) -> None:
         """Dispatch at once if a replica has room, else queue (and scale up)."""
         self.meter.submitted(job.n)
+        self.last_demand = time.monotonic()
         with self.lock:
             if self.closed:
                 raise RuntimeError(f"{self.name}: the session was shut down; call it again")
@@ -216,9 +221,9 @@ class Pool:
             rep = None if self.queue else self._pick(job)
             if rep is not None:
                 self._dispatch_locked(job, rep)
-            else:
+            elif not self._bridge_locked(job):
                 self.queue.append(job)
-                self._scale_locked()
+            self._scale_locked()
         if job.ref is not None:
             _on_ready(job.ref, self._on_ref, job)
         elif job.error is not None:
@@ -229,13 +234,17 @@ class Pool:
         Falls back to the queue when no replica has room."""
         job = Job("call", method, (args, kwargs), 1, done)
         self.meter.submitted(1)
+        self.last_demand = time.monotonic()
         with self.lock:
             self.hold_min = True
             rep = None if self.queue else self._pick(job)
             if rep is not None:
                 self._dispatch_locked(job, rep)
             else:
-                self.queue.append(job)
+                if self._bridge_locked(job):
+                    _on_ready(job.ref, self._on_ref, job)
+                else:
+                    self.queue.append(job)
                 self._scale_locked()
                 return job
         if job.ref is None:  # could not be sent (an unpicklable argument)
@@ -308,6 +317,32 @@ class Pool:
             job.deadline = now + self.options.timeout * (1 if job.kind != "chunk" else job.n)
         self.meter.dispatched(job.n)
 
+    def _bridge_locked(self, job: Job) -> bool:
+        """Run ``job`` as a task on a prestarted worker if the function has no ready replica
+        yet (see bridge.py). Returns whether it was sent."""
+        limit = settings.get("prewarm")
+        if (
+            not self._can_bridge
+            or not limit
+            or len(self._bridge_jobs) >= limit
+            or any(r.state == "ready" for r in self.reps.values())
+        ):
+            return False
+        job.call_id = call_id = next(_call_ids)
+        job.t_dispatch = now = time.perf_counter()
+        try:
+            job.ref = bridge.submit_task(self.key, self._spec_ref, self.options, job)
+        except Exception:
+            return False  # e.g. unpicklable arguments: the normal path reports it
+        job.bridged = True
+        self._bridge_jobs.add(job)
+        if ROUTER.address is not None:
+            ROUTER.sinks[call_id] = job.sink
+        if self.options.timeout is not None:
+            job.deadline = now + self.options.timeout * (1 if job.kind != "chunk" else job.n)
+        self.meter.dispatched(job.n)
+        return True
+
     def _drain_locked(self) -> list[Job]:
         """Dispatch queued jobs to replicas with room; returns the jobs handled."""
         sent = []
@@ -315,6 +350,9 @@ class Pool:
             job = self.queue[0]
             rep = self._pick(job)
             if rep is None:
+                if self._bridge_locked(job):
+                    sent.append(self.queue.popleft())
+                    continue
                 break
             self.queue.popleft()
             self._dispatch_locked(job, rep)
@@ -336,6 +374,11 @@ class Pool:
     # -- completion ----------------------------------------------------------------------
 
     def _release_locked(self, job: Job) -> None:
+        if job.bridged:
+            if job in self._bridge_jobs:
+                self._bridge_jobs.discard(job)
+                self.meter.borrowed(time.perf_counter() - job.t_dispatch)
+            return
         rep = job.rep
         if rep is None or job not in rep.jobs:
             return
@@ -410,7 +453,7 @@ class Pool:
                 retry = job.attempts < self.options.retries and not self.closed
             if retry:
                 job.attempts += 1
-                job.rep, job.ref, job.t_dispatch = None, None, 0.0
+                job.rep, job.ref, job.t_dispatch, job.bridged = None, None, 0.0, False
                 self.meter.retried(job.n)
                 self.queue.appendleft(job)
                 self._scale_locked()
@@ -434,6 +477,8 @@ class Pool:
             self._release_locked(job)
             if rep is not None:
                 self._stop_locked(rep)  # recycle: the call may still be running there
+        if job.bridged:
+            _force_cancel_task(job.ref)
         err = CallTimeoutError(
             f"{self.name}: the call ran longer than timeout={self.options.timeout:g} s and was "
             "stopped (its replica was recycled). Raise timeout= if it needs longer."
@@ -469,6 +514,19 @@ class Pool:
                 pass
             SUPERVISOR.watch_cancel(self, job)
 
+    def force_cancel(self, job: Job) -> None:
+        """A cancelled call still running after its grace: remove its replica."""
+        if job.finished:
+            return
+        with self.lock:
+            rep = job.rep
+            self._release_locked(job)
+            if rep is not None:
+                self._stop_locked(rep)
+        if job.bridged:
+            _force_cancel_task(job.ref)
+        self._cancelled(job, was_queued=False)
+
     # -- replicas ------------------------------------------------------------------------
 
     def _check_feasible(self) -> None:
@@ -499,7 +557,8 @@ class Pool:
         if not self._feasible or self.closed:
             return
         o = self.options
-        demand = len(self.queue) + sum(r.outstanding for r in self.reps.values())
+        demand = len(self.queue) + len(self._bridge_jobs)
+        demand += sum(r.outstanding for r in self.reps.values())
         want = math.ceil(demand / o.concurrency)
         ready = sum(1 for r in self.reps.values() if r.state == "ready")
         if ready and self.item_s is not None and want > len(self._live()):
@@ -529,6 +588,7 @@ class Pool:
         if runtime_env:
             opts["runtime_env"] = runtime_env
         actor = ReplicaActor.options(**opts).remote(rid, ROUTER.address)
+        self.starts += 1
         rep = Rep(rid, actor)
         self.reps[rid] = rep
         _on_ready(actor.ping.remote(), self._on_placed, rep)
@@ -622,7 +682,9 @@ class Pool:
                 if rep.outstanding == 0 and now - rep.last_idle >= o.keep_alive:
                     self._stop_locked(rep)
                     ready.remove(rep)
-            if not self.queue and not any(r.outstanding for r in self.reps.values()):
+            idle_for = now - self.last_demand
+            if not self.queue and not self._bridge_jobs and idle_for >= o.keep_alive:
+                # a start nobody needs any more (it would only sit idle): cancel it
                 for rep in list(self.reps.values()):
                     if rep.state == "pending" and len(self._live()) > keep:
                         self._stop_locked(rep)
@@ -630,13 +692,16 @@ class Pool:
                 pnow = time.perf_counter()
                 for rep in self.reps.values():
                     expired += [j for j in rep.jobs if j.deadline and pnow > j.deadline]
+                expired += [j for j in self._bridge_jobs if j.deadline and pnow > j.deadline]
             self._scale_locked()
         for job in expired:
             self._on_timeout(job)
 
     def waiting_for_resources(self, now: float) -> bool:
+        """Work waits (queued, or bridged until a replica exists) and a replica of ours has
+        waited for placement a while: another pool's idle replica should give way."""
         with self.lock:
-            return bool(self.queue) and any(
+            return bool(self.queue or self._bridge_jobs) and any(
                 r.state == "pending" and now - r.t_created > GIVE_WAY_AFTER_S
                 for r in self.reps.values()
             )
@@ -672,8 +737,14 @@ class Pool:
             self._cancelled(job, was_queued=True)
         for job in running:
             self._cancelled(job, was_queued=False)
-        with _pools_lock:
-            _pools.pop(id(self), None)
+        _registry.remove(self)
+
+
+def _force_cancel_task(ref: Any) -> None:
+    try:
+        ray.cancel(ref, force=True)
+    except Exception:
+        pass
 
 
 def _serialization_error(job: Job, name: str, exc: Exception) -> Exception:
@@ -692,45 +763,9 @@ def _death_cause(exc: BaseException) -> str:
     return first[:300]
 
 
-class _Completions:
-    """Runs completion handlers on one thread of ours. Ray's callback threads only enqueue:
-    a handler may take a pool lock, and a Ray thread blocked on it could stall Ray itself."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def put(self, handler: Callable, subject: Any, fut: Any) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="nbs-completions", daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put((handler, subject, fut))
-
-    def _run(self) -> None:
-        while True:
-            handler, subject, fut = self._queue.get()
-            try:
-                handler(subject, fut)
-            except Exception:
-                log.exception("nbserverless completion handler failed")
-
-
-COMPLETIONS = _Completions()
-
-
-def _on_ready(ref: Any, handler: Callable, subject: Any) -> None:
-    """Call ``handler(subject, future)`` on our completion thread once ``ref`` resolves."""
-    ref.future().add_done_callback(lambda fut: COMPLETIONS.put(handler, subject, fut))
-
-
 def all_pools() -> list[Pool]:
-    with _pools_lock:
-        return list(_pools.values())
+    """Every live pool of this kernel."""
+    return list(_registry.all())
 
 
 def scale_all_to_zero() -> None:
@@ -742,80 +777,3 @@ def scale_all_to_zero() -> None:
 def close_all() -> None:
     for pool in all_pools():
         pool.close()
-
-
-class Supervisor:
-    """One daemon thread per kernel: keep-alive, timeouts, batch timers, giving way."""
-
-    TICK_S = 0.05
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._cancels: list[tuple[float, Pool, Job]] = []
-        self._timers: list[Callable[[float], None]] = []
-        self._lock = threading.Lock()
-
-    def ensure_running(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name="nbs-supervisor", daemon=True
-                )
-                self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(5)
-        self._thread = None
-
-    def add_timer(self, fn: Callable[[float], None]) -> None:
-        with self._lock:
-            self._timers.append(fn)
-
-    def remove_timer(self, fn: Callable[[float], None]) -> None:
-        with self._lock:
-            if fn in self._timers:
-                self._timers.remove(fn)
-
-    def watch_cancel(self, pool: Pool, job: Job) -> None:
-        with self._lock:
-            self._cancels.append((time.monotonic() + CANCEL_GRACE_S, pool, job))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.TICK_S):
-            try:
-                self._tick()
-            except Exception:  # the supervisor must outlive any one pool's bug
-                log.exception("nbserverless supervisor tick failed")
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            timers = list(self._timers)
-            due = [c for c in self._cancels if c[0] <= now]
-            self._cancels = [c for c in self._cancels if c[0] > now]
-        for fn in timers:
-            fn(now)
-        for _, pool, job in due:
-            if not job.finished:
-                with pool.lock:
-                    rep = job.rep
-                    pool._release_locked(job)
-                    if rep is not None:
-                        pool._stop_locked(rep)
-                pool._cancelled(job, was_queued=False)
-        pools = all_pools()
-        for pool in pools:
-            pool.tick(now)
-        waiting = [p for p in pools if p.waiting_for_resources(now)]
-        if waiting:
-            for other in pools:
-                if other not in waiting and other.give_way():
-                    break
-
-
-SUPERVISOR = Supervisor()

@@ -60,16 +60,18 @@ class _CallOutput:
         self.lock = threading.Lock()
 
 
+_LOCAL = threading.local()  # per thread: call_id, out, begin (the running call's output)
+
+
 class _Stream:
     """sys.stdout/sys.stderr of a replica: writes made by a call go to that call's output."""
 
-    def __init__(self, name: str, original: Any, local: threading.local):
+    def __init__(self, name: str, original: Any):
         self.name = name
         self._original = original
-        self._local = local
 
     def write(self, text: str) -> int:
-        local = self._local
+        local = _LOCAL
         out = getattr(local, "out", None)
         if out is None:
             call_id = getattr(local, "call_id", None)
@@ -81,7 +83,7 @@ class _Stream:
         return len(text)
 
     def flush(self) -> None:
-        if getattr(self._local, "out", None) is None:
+        if getattr(_LOCAL, "out", None) is None:
             self._original.flush()
 
     def isatty(self) -> bool:
@@ -121,6 +123,14 @@ class _OutputLink:
         self.sock.sendall(struct.pack("!I", len(data)) + data)
 
 
+def _install_streams() -> None:
+    """Route this process's sys.stdout/sys.stderr through call capture (once per process)."""
+    if not isinstance(sys.stdout, _Stream):
+        sys.stdout = _Stream("stdout", sys.stdout)
+    if not isinstance(sys.stderr, _Stream):
+        sys.stderr = _Stream("stderr", sys.stderr)
+
+
 def _format_tb(exc: BaseException, names: dict[str, str], skip: int = 1) -> str:
     tb = exc.__traceback__
     for _ in range(skip):
@@ -141,13 +151,10 @@ class Replica:
         self.target: Any = None
         self.kind = None
         self.names: dict[str, str] = {}
-        self._local = threading.local()
-        self._local.begin = self._register_output
         self._link = _OutputLink(out_address)
         self._active: dict[int, _CallOutput] = {}
         self._active_lock = threading.Lock()
-        sys.stdout = _Stream("stdout", sys.stdout, self._local)
-        sys.stderr = _Stream("stderr", sys.stderr, self._local)
+        _install_streams()
         threading.Thread(target=self._flusher, name="nbs-output", daemon=True).start()
 
     def ping(self) -> dict[str, Any]:
@@ -190,14 +197,13 @@ class Replica:
         return out
 
     def _begin(self, call_id: int) -> None:
-        local = self._local
+        local = _LOCAL
         local.call_id = call_id
         local.out = None
-        if not hasattr(local, "begin"):  # a new thread of a concurrent replica
-            local.begin = self._register_output
+        local.begin = self._register_output
 
     def _end(self) -> tuple[list | None, int]:
-        local = self._local
+        local = _LOCAL
         out = local.out
         local.call_id = local.out = None
         if out is None:

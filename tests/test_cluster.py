@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -64,3 +65,30 @@ def test_config_validates_keys(ray_cluster):
         nbs.config(kep_alive=3)
     assert nbs.config(keep_alive=5)["keep_alive"] == 5
     assert nbs.config.get("keep_alive") == 5
+
+
+EMBEDDED = textwrap.dedent(
+    """
+    import os, tempfile
+    from nbserverless import cluster
+    cluster.connect(background=True, temp_dir=tempfile.mkdtemp(prefix="nbs-bg-", dir="/tmp"))
+    import nbserverless as nbs
+
+    @nbs.remote(cpus=0.25)
+    def inc(x):
+        return x + 1
+
+    print("result", inc(1), cluster.address())
+    nbs.shutdown()
+    """
+)
+
+
+def test_background_start_of_the_embedded_cluster_survives(ray_cluster):
+    # what %load_ext does: start a local cluster in a background thread, use it later
+    env = {k: v for k, v in os.environ.items() if k not in cluster.ADDRESS_ENV_VARS}
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBEDDED], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "result 2 local" in proc.stdout

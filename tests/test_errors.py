@@ -53,6 +53,8 @@ def test_unpicklable_closure_fails_naming_the_variable(ray_cluster):
 
 
 def test_timeout_raises_timeout_error_and_recycles_the_replica(ray_cluster):
+    nbs.config(prewarm=0)  # on the function's own replica, which must be replaced
+
     @nbs.remote(cpus=0.1, timeout=0.5, max_replicas=1)
     def sleepy(seconds):
         time.sleep(seconds)

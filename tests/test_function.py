@@ -106,6 +106,7 @@ def test_map_pulls_a_bounded_window_of_an_endless_input(ray_cluster):
 
 
 def test_closures_ship_by_value_and_code_ships_once_per_replica(ray_cluster):
+    nbs.config(prewarm=0)  # every call on the one replica
     factor = 7
 
     @nbs.remote(cpus=0.25, max_replicas=1)
@@ -120,6 +121,8 @@ def test_closures_ship_by_value_and_code_ships_once_per_replica(ray_cluster):
 
 
 def test_stats_has_every_spec_field(ray_cluster):
+    nbs.config(prewarm=0)  # strict scale from zero: the first call waits for its replica
+
     @nbs.remote(cpus=0.25)
     def noop(x):
         return x

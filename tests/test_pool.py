@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from conftest import wait_until
 
 import nbserverless as nbs
 
 
+@pytest.fixture(autouse=True)
+def strict_zero(ray_cluster):
+    """Pool mechanics without the cold-start bridge (tests/test_bridge.py covers it)."""
+    nbs.config(prewarm=0)
+
+
 def test_burst_scales_up_to_the_cap_and_back_to_zero(ray_cluster):
+    nbs.config(prewarm=0)
+
     @nbs.remote(cpus=0.1, max_replicas=3, keep_alive=1.0)
     def slow(x):
         time.sleep(0.3)
@@ -19,11 +28,11 @@ def test_burst_scales_up_to_the_cap_and_back_to_zero(ray_cluster):
     futures = [slow.submit(i) for i in range(12)]
     pids = {f.result(timeout=120) for f in futures}
     s = slow.stats()
-    assert s.peak_replicas == 3  # demand for 12 ran on at most 3 replicas...
-    assert len(pids) == 3  # ...and all of them took work
-    assert s.invocations == 12
     pool = slow._get_pool()
-    assert max(n for _, n in pool.replica_history) == 3
+    assert pool.starts == 3  # demand for 12 asked for the cap, 3, and no more
+    assert 2 <= s.peak_replicas <= 3 and 2 <= len(pids) <= 3  # (a slow start may miss it)
+    assert s.invocations == 12
+    assert max(n for _, n in pool.replica_history) == s.peak_replicas
     # idle for keep_alive: every replica goes, down to zero
     wait_until(lambda: slow.stats().replicas == 0, timeout=30, what="scale to zero")
     assert pool.replica_history[-1][1] == 0
@@ -36,7 +45,8 @@ def test_a_single_caller_never_starts_a_replica_per_call(ray_cluster):
 
     for i in range(20):
         assert ident(i) == i
-    assert ident.stats().peak_replicas == 1
+    assert ident._get_pool().starts == 1  # one replica asked for, however many calls
+    assert ident.stats().peak_replicas <= 1
 
 
 def test_min_replicas_stay_warm_after_keep_alive(ray_cluster):

@@ -1,0 +1,151 @@
+"""The kernel's background threads: the supervisor (keep-alive, timeouts, cancellation grace,
+giving way between pools) and the completion thread that handles Ray's replies.
+
+Example: ``on_ready(ref, handler, subject)`` calls ``handler(subject, future)`` on our thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pool import Job, Pool
+
+log = logging.getLogger("nbserverless")
+CANCEL_GRACE_S = 2.0
+
+
+class _Registry:
+    """The live pools of this kernel (anything with ``tick``, ``waiting_for_resources``,
+    ``give_way``, ``lock`` and the cancellation hooks)."""
+
+    def __init__(self) -> None:
+        self._pools: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, pool: Any) -> None:
+        with self._lock:
+            self._pools[id(pool)] = pool
+
+    def remove(self, pool: Any) -> None:
+        with self._lock:
+            self._pools.pop(id(pool), None)
+
+    def all(self) -> list[Any]:
+        with self._lock:
+            return list(self._pools.values())
+
+
+registry = _Registry()
+
+
+class _Completions:
+    """Runs completion handlers on one thread of ours. Ray's callback threads only enqueue:
+    a handler may take a pool lock, and a Ray thread blocked on it could stall Ray itself."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, handler: Callable, subject: Any, fut: Any) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="nbs-completions", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((handler, subject, fut))
+
+    def _run(self) -> None:
+        while True:
+            handler, subject, fut = self._queue.get()
+            try:
+                handler(subject, fut)
+            except Exception:
+                log.exception("nbserverless completion handler failed")
+
+
+COMPLETIONS = _Completions()
+
+
+def on_ready(ref: Any, handler: Callable, subject: Any) -> None:
+    """Call ``handler(subject, future)`` on our completion thread once ``ref`` resolves."""
+    ref.future().add_done_callback(lambda fut: COMPLETIONS.put(handler, subject, fut))
+
+
+class Supervisor:
+    """One daemon thread per kernel: keep-alive, timeouts, batch timers, giving way."""
+
+    TICK_S = 0.05
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._cancels: list[tuple[float, Pool, Job]] = []
+        self._timers: list[Callable[[float], None]] = []
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="nbs-supervisor", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5)
+        self._thread = None
+
+    def add_timer(self, fn: Callable[[float], None]) -> None:
+        with self._lock:
+            self._timers.append(fn)
+
+    def remove_timer(self, fn: Callable[[float], None]) -> None:
+        with self._lock:
+            if fn in self._timers:
+                self._timers.remove(fn)
+
+    def watch_cancel(self, pool: Pool, job: Job) -> None:
+        with self._lock:
+            self._cancels.append((time.monotonic() + CANCEL_GRACE_S, pool, job))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            try:
+                self._tick()
+            except Exception:  # the supervisor must outlive any one pool's bug
+                log.exception("nbserverless supervisor tick failed")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            timers = list(self._timers)
+            due = [c for c in self._cancels if c[0] <= now]
+            self._cancels = [c for c in self._cancels if c[0] > now]
+        for fn in timers:
+            fn(now)
+        for _, pool, job in due:
+            pool.force_cancel(job)
+        pools = registry.all()
+        for pool in pools:
+            pool.tick(now)
+        waiting = [p for p in pools if p.waiting_for_resources(now)]
+        if waiting:
+            for other in pools:
+                if other not in waiting and other.give_way():
+                    break
+
+
+SUPERVISOR = Supervisor()
