@@ -46,8 +46,8 @@ _run_task = ray.remote(max_retries=0)(_run)
 
 
 def eligible(options: Options, kind: str) -> bool:
-    """Functions without a runtime env (a pip/env request needs its own worker anyway)."""
-    return kind == "function" and options.runtime_env() is None
+    """Functions and cells without a runtime env (a pip/env request needs its own worker)."""
+    return kind in ("function", "cell") and options.runtime_env() is None
 
 
 def submit_task(key: str, spec_ref: Any, options: Options, job: Any) -> Any:
