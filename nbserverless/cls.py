@@ -21,7 +21,7 @@ import itertools
 import threading
 from typing import Any
 
-from .function import Invoker, Stats, _Callable
+from .function import Invoker, PoolOwner, _Callable
 from .options import Options
 from .pool import Pool
 from .shipping import dumps_code, dumps_value, notebook_sources
@@ -63,51 +63,27 @@ def _identity(x: Any) -> Any:
     return x
 
 
-class ClassHandle(_Callable):
+class ClassHandle(PoolOwner, _Callable):
     """Replicas of one class with one set of ``__init__`` arguments, and their pool."""
+
+    _kind = "class"
+    _batch_method = "__call__"
 
     def __init__(self, rc: RemoteClass, args: tuple, kwargs: dict):
         self._rc = rc
+        self._options = rc.options
         self._init = (args, kwargs)
         n = next(_handle_ids)
         self.name = rc.name if n == 1 else f"{rc.name}[{n}]"
         self._key = f"{rc.name}#handle{n}"
-        self._pool_obj: Pool | None = None
-        self._batcher_obj: Any = None
         self._lock = threading.Lock()
-        batched = rc.options.batch_size is not None
-        self._invoker = Invoker(self, "__call__", batched)
+        self._invoker = Invoker(self, "__call__", rc.options.batch_size is not None)
         self._methods: dict[str, MethodHandle] = {}
 
-    def _get_pool(self) -> Pool:
-        pool = self._pool_obj
-        if pool is not None and not pool.closed:
-            return pool
-        with self._lock:
-            if self._pool_obj is None or self._pool_obj.closed:
-                rc = self._rc
-                pool = Pool(
-                    self.name,
-                    "class",
-                    rc._code,
-                    notebook_sources(rc._cls),
-                    self._init,
-                    rc.options,
-                    key=self._key,
-                )
-                pool.prepare()
-                self._pool_obj, self._batcher_obj = pool, None
-            return self._pool_obj
-
-    def _batcher(self) -> Any:
-        from .batching import Batcher
-
-        pool = self._get_pool()
-        with self._lock:
-            if self._batcher_obj is None:
-                o = self._rc.options
-                self._batcher_obj = Batcher(pool, "__call__", o.batch_size, o.batch_wait_ms / 1000)
-            return self._batcher_obj
+    def _new_pool(self) -> Pool:
+        rc = self._rc
+        sources = notebook_sources(rc._cls)
+        return Pool(self.name, "class", rc._code, sources, self._init, rc.options, key=self._key)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "__call__" not in vars(self._rc._cls) and not any(
@@ -128,20 +104,6 @@ class ClassHandle(_Callable):
         if handle is None:
             handle = self._methods[name] = MethodHandle(self, name)
         return handle
-
-    def stats(self) -> Stats:
-        """A snapshot of this handle's metrics (all its methods together)."""
-        from .meter import METER
-
-        o = self._rc.options
-        fm = (
-            self._pool_obj.meter
-            if self._pool_obj is not None
-            else METER.function(
-                self._key, name=self.name, kind="class", cpus=o.cpus, gpus=o.gpus, memory=o.memory
-            )
-        )
-        return Stats(fm.snapshot())
 
     def __repr__(self) -> str:
         return f"<nbserverless handle {self.name}>"

@@ -258,18 +258,17 @@ class _Callable:
         )
 
 
-class RemoteFunction(_Callable):
-    """The handle ``@remote`` makes of a function."""
+class PoolOwner:
+    """Owns one pool (made on first use, again after a shutdown) and its batcher; shared by
+    function handles and class handles. Subclasses give ``_new_pool`` and ``_options``."""
 
-    def __init__(self, fn: Any, options: Options):
-        functools.update_wrapper(self, fn)
-        self._fn = fn
-        self.options = options
-        self.name = options.name or fn.__qualname__
-        self._pool_obj: Pool | None = None
-        self._batcher_obj: Any = None
-        self._lock = threading.Lock()
-        self._invoker = Invoker(self, None, options.batch_size is not None)
+    _pool_obj: Pool | None = None
+    _batcher_obj: Any = None
+    _batch_method: str | None = None
+    _kind = "function"
+
+    def _new_pool(self) -> Pool:
+        raise NotImplementedError
 
     def _get_pool(self) -> Pool:
         pool = self._pool_obj
@@ -277,16 +276,7 @@ class RemoteFunction(_Callable):
             return pool
         with self._lock:
             if self._pool_obj is None or self._pool_obj.closed:
-                code = dumps_code(self._fn, self.name)
-                pool = Pool(
-                    self.name,
-                    "function",
-                    code,
-                    notebook_sources(self._fn),
-                    None,
-                    self.options,
-                    key=self._key(),
-                )
+                pool = self._new_pool()
                 pool.prepare()
                 self._pool_obj, self._batcher_obj = pool, None
             return self._pool_obj
@@ -297,33 +287,51 @@ class RemoteFunction(_Callable):
         pool = self._get_pool()
         with self._lock:
             if self._batcher_obj is None:
-                o = self.options
-                self._batcher_obj = Batcher(pool, None, o.batch_size, o.batch_wait_ms / 1000)
+                o = pool.options
+                self._batcher_obj = Batcher(
+                    pool, self._batch_method, o.batch_size, o.batch_wait_ms / 1000
+                )
             return self._batcher_obj
+
+    def _meter(self) -> Any:
+        """This handle's meter (before its first call too)."""
+        from .meter import METER
+
+        if self._pool_obj is not None:
+            return self._pool_obj.meter
+        o = self._options
+        return METER.function(
+            self._key, name=self.name, kind=self._kind, cpus=o.cpus, gpus=o.gpus, memory=o.memory
+        )
+
+    def stats(self) -> Stats:
+        """A snapshot of this handle's metrics (SPEC.md "Metrics and cost").
+
+        Example: ``f.stats().p50_ms``, ``f.stats()["cost"]``.
+        """
+        return Stats(self._meter().snapshot())
+
+
+class RemoteFunction(PoolOwner, _Callable):
+    """The handle ``@remote`` makes of a function."""
+
+    def __init__(self, fn: Any, options: Options):
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self.options = self._options = options
+        self.name = options.name or fn.__qualname__
+        self._key = f"{self.name}#{id(self)}"
+        self._lock = threading.Lock()
+        self._invoker = Invoker(self, None, options.batch_size is not None)
+
+    def _new_pool(self) -> Pool:
+        code = dumps_code(self._fn, self.name)
+        sources = notebook_sources(self._fn)
+        return Pool(self.name, "function", code, sources, None, self.options, key=self._key)
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run in this kernel, no cluster. Example: ``square.local(3)`` -> ``9``."""
         return self._fn(*args, **kwargs)
-
-    def stats(self) -> Stats:
-        """A snapshot of this function's metrics (SPEC.md "Metrics and cost")."""
-        from .meter import METER
-
-        if self._pool_obj is not None:
-            return Stats(self._pool_obj.meter.snapshot())
-        return Stats(
-            METER.function(
-                self._key(),
-                name=self.name,
-                kind="function",
-                cpus=self.options.cpus,
-                gpus=self.options.gpus,
-                memory=self.options.memory,
-            ).snapshot()
-        )
-
-    def _key(self) -> str:
-        return f"{self.name}#{id(self)}"
 
     def __reduce__(self):
         # Inside a replica the handle's name refers to the plain function.

@@ -439,14 +439,18 @@ class Pool:
         )
         job.done(job, ok, value)
 
+    def _detach_locked(self, job: Job) -> None:
+        """Take a job off its replica and remove that replica (dead, stuck or cancelled)."""
+        rep = job.rep
+        self._release_locked(job)
+        if rep is not None:
+            self._stop_locked(rep)
+
     def _on_death(self, job: Job, exc: BaseException) -> None:
         with self.lock:
             if job.finished:
                 return
-            rep = job.rep
-            self._release_locked(job)
-            if rep is not None:
-                self._stop_locked(rep)
+            self._detach_locked(job)
             if job.cancelled:
                 retry = False
             else:
@@ -473,10 +477,7 @@ class Pool:
         with self.lock:
             if job.finished:
                 return
-            rep = job.rep
-            self._release_locked(job)
-            if rep is not None:
-                self._stop_locked(rep)  # recycle: the call may still be running there
+            self._detach_locked(job)  # recycle: the call may still be running there
         if job.bridged:
             _force_cancel_task(job.ref)
         err = CallTimeoutError(
@@ -519,10 +520,7 @@ class Pool:
         if job.finished:
             return
         with self.lock:
-            rep = job.rep
-            self._release_locked(job)
-            if rep is not None:
-                self._stop_locked(rep)
+            self._detach_locked(job)
         if job.bridged:
             _force_cancel_task(job.ref)
         self._cancelled(job, was_queued=False)

@@ -228,6 +228,7 @@ def test_integration_remote_function_stats_and_frozen_inline_values(ray_cluster,
     """A real ``@nbs.remote`` function on the session cluster, called from a cell."""
     import nbserverless as nbs
 
+    nbs.config(prewarm=0)  # strict zero: the first calls wait for (and count) a cold start
     ip.user_ns["nbs"] = nbs
     run(
         ip,
