@@ -63,8 +63,8 @@ class MapRun:
         self._input_error_at = -1
         self._outstanding = 0  # items submitted and not yet handed to the consumer
         self._inflight: set[Job] = set()
-        self._done_chunks: dict[int, list] = {}  # ordered: start index -> outcomes
-        self._done_queue: deque[list] = deque()  # unordered
+        self._done_chunks: dict[int, tuple] = {}  # ordered: start index -> (values, errors)
+        self._done_queue: deque[tuple] = deque()  # unordered: (values, errors)
         self._completed = 0
         self._errors = 0
         self._item_s: float | None = None
@@ -149,22 +149,23 @@ class MapRun:
         )
 
     def _on_done(self, job: Job, start: int, ok: bool, value: Any) -> None:
-        if job.kind == "batch":
-            outcomes = [(True, v) for v in value] if ok else [(False, value)] * job.n
-        elif ok:
-            outcomes = value
-        else:
-            outcomes = [(False, value)] * job.n
-        errors = sum(1 for o, _ in outcomes if not o)
+        # results of a job as (values, errors): errors None or {index: error}
+        if job.kind == "chunk" and ok:
+            done = value
+        elif ok:  # a batch
+            done = (value, None)
+        else:  # the whole job failed (a batch's exception, a dead replica, a timeout)
+            done = ([None] * job.n, dict.fromkeys(range(job.n), value))
+        errors = len(done[1]) if done[1] else 0
         with self._cond:
             self._inflight.discard(job)
             if job.kind == "chunk" and ok and job.n:
                 item_s = job.exec_s / job.n
                 self._item_s = item_s if self._item_s is None else 0.5 * (self._item_s + item_s)
             if self.ordered:
-                self._done_chunks[start] = outcomes
+                self._done_chunks[start] = done
             else:
-                self._done_queue.append(outcomes)
+                self._done_queue.append(done)
             self._completed += job.n
             self._errors += errors
             self._cond.notify_all()
@@ -177,18 +178,22 @@ class MapRun:
         try:
             pos = 0
             while True:
-                outcomes = self._next_outcomes(pos)
-                if outcomes is None:
+                done = self._next_outcomes(pos)
+                if done is None:
                     break
-                pos += len(outcomes)
+                values, errors = done
+                pos += len(values)
                 with self._cond:
-                    self._outstanding -= len(outcomes)
+                    self._outstanding -= len(values)
                 self._feed()
-                for ok, value in outcomes:
-                    if ok:
+                if not errors:
+                    yield from values
+                    continue
+                for i, value in enumerate(values):
+                    if i not in errors:
                         yield value
                         continue
-                    exc = self._rebuild(value)
+                    exc = self._rebuild(errors[i])
                     if self.return_exceptions:
                         yield exc
                     else:
@@ -202,7 +207,7 @@ class MapRun:
             if not self._closed:
                 self.cancel()
 
-    def _next_outcomes(self, pos: int) -> list | None:
+    def _next_outcomes(self, pos: int) -> tuple | None:
         with self._cond:
             while True:
                 if self.ordered and pos in self._done_chunks:

@@ -412,7 +412,7 @@ class Pool:
         job.sink.finish(rest, seq)
         errors = 0
         if job.kind == "chunk":
-            errors = sum(1 for item_ok, _ in value if not item_ok)
+            errors = len(value[1]) if value[1] else 0
         elif not ok:
             errors = job.n
         self._report(job, ok, value, errors=errors, exec_s=exec_s)

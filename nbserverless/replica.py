@@ -262,20 +262,35 @@ class Replica:
         return [ok, value, exec_s, rest, seq]
 
     def chunk(self, method: str | None, items: list, star: bool, call_id: int) -> list:
-        """Several items of a map in one round trip; every item succeeds or fails alone."""
+        """Several items of a map in one round trip; every item succeeds or fails alone.
+        The value is ``[values, errors]``: errors is None, or ``{index: UserError}`` (with
+        None at that index in values), so an all-good chunk carries no per-item wrapping."""
         self._begin(call_id)
         fn = self._fn(method)
-        results: list = []
+        values: list = []
+        append = values.append
+        errors: dict[int, UserError] | None = None
         t0 = time.perf_counter()
-        append = results.append
-        for item in items:
+        start, n = 0, len(items)
+        while start < n:
+            rest_items = items if start == 0 else items[start:]
             try:
-                append((True, fn(*item) if star else fn(item)))
+                if star:
+                    for item in rest_items:
+                        append(fn(*item))
+                else:
+                    for item in rest_items:
+                        append(fn(item))
+                break
             except BaseException as exc:
-                append((False, UserError(exc, _format_tb(exc, self.names))))
+                if errors is None:
+                    errors = {}
+                errors[len(values)] = UserError(exc, _format_tb(exc, self.names))
+                append(None)
+                start = len(values)
         exec_s = time.perf_counter() - t0
         rest, seq = self._end()
-        return [True, results, exec_s, rest, seq]
+        return [True, [values, errors], exec_s, rest, seq]
 
     # -- live output ---------------------------------------------------------------------
 
