@@ -191,6 +191,20 @@ def _short(why: str) -> str:
     return why if len(why) <= REASON_MAX else why[: REASON_MAX - 1] + "…"
 
 
+def _cell_number(shell: Any) -> int:
+    """The number IPython shows for the running cell (``In [N]``): the one it mapped the
+    cell's code file to, found on the calling frames. (``execution_count`` is off by one
+    during a cell in IPython 9.)"""
+    numbers = getattr(shell.compile, "_filename_map", {})
+    frame = sys._getframe(1)
+    while frame is not None:
+        n = numbers.get(frame.f_code.co_filename)
+        if n is not None:
+            return n
+        frame = frame.f_back
+    return shell.execution_count
+
+
 def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     """Run ``body`` on a replica with the parsed options; bring back what it assigns and
     return its last value (displayed as the cell's result).
@@ -199,7 +213,7 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     -> ``1``."""
     options = _resolve(args)
     out = _out_names(args.out)
-    n = shell.execution_count
+    n = _cell_number(shell)
     filename = f"<cell {n}>"
     source = "\n" + body  # line 1 of the cell is the magic line
     try:

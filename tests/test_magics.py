@@ -140,8 +140,8 @@ def test_the_last_expression_is_the_cell_result_with_rich_reprs(ip):
 
 
 def test_an_exception_keeps_its_type_and_the_cells_line_numbers(ip):
-    n = ip.execution_count
     res = run(ip, "%%serverless --cpus 0.25\ny = 1\nraise KeyError('nope')  # line 3\n")
+    n = res.execution_count
     err = res.error_in_exec
     assert type(err) is KeyError and err.args == ("nope",)
     text = "\n".join(err._render_traceback_())
@@ -151,9 +151,11 @@ def test_an_exception_keeps_its_type_and_the_cells_line_numbers(ip):
 
 
 def test_a_notebook_function_fails_with_its_own_cell_in_the_traceback(ip):
-    n = ip.execution_count
-    assert run(ip, "def explode(v):\n    return 1 / v\n").success
+    defined = run(ip, "def explode(v):\n    return 1 / v\n")
+    assert defined.success
+    n = defined.execution_count
     res = run(ip, "%%serverless --cpus 0.25\nexplode(0)")
+    assert res.execution_count == n + 1
     assert type(res.error_in_exec) is ZeroDivisionError
     text = "\n".join(res.error_in_exec._render_traceback_())
     assert f'File "<cell {n}>", line 2, in explode' in text
@@ -180,9 +182,11 @@ def test_bad_options_give_a_one_line_usage_error(ip, capsys, line, needle):
 
 
 def test_a_cell_is_metered_under_its_number_and_reruns_reuse_the_pool(ip):
+    nbs.config(prewarm=0)  # every run on the cell's own replica
     cell = "%%serverless --cpus 0.25\nimport os\nreplica_pid = os.getpid()"
-    n = ip.execution_count
-    assert run(ip, cell).success
+    res = run(ip, cell)
+    assert res.success
+    n = res.execution_count
     first = ip.user_ns["replica_pid"]
     assert row(f"cell[{n}]")["kind"] == "cell"
     assert run(ip, cell).success
