@@ -74,7 +74,7 @@ class MapRun:
         if progress is None:
             progress = settings.get("progress")
         self._bar = progress_bar(total, pool.name, pool.meter, bool(progress))
-        self._feed()
+        threading.Thread(target=self._feeder, name="nbs-map-feeder", daemon=True).start()
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -100,33 +100,49 @@ class MapRun:
         )
 
     def _feed(self) -> None:
-        to_send: list[Job] = []
+        """Wake the feeder: the window may have room again."""
         with self._cond:
-            while not self._exhausted and not self._closed and self._window_ok():
-                size = self._chunk_size()
-                chunk: list[Any] = []
-                try:
-                    for item in itertools.islice(self._items, size):
-                        chunk.append(item)
-                except BaseException as exc:  # the input iterator itself failed
-                    self._input_error = exc
-                    self._input_error_at = self._next_in + len(chunk)
-                    self._exhausted = True
-                if len(chunk) < size:
-                    self._exhausted = True
-                if not chunk:
-                    break
-                if self.star:
-                    chunk = [tuple(c) for c in chunk]
-                start = self._next_in
-                self._next_in += len(chunk)
-                self._outstanding += len(chunk)
-                job = self._job(start, chunk)
-                self._inflight.add(job)
-                to_send.append(job)
             self._cond.notify_all()
-        for job in to_send:
-            self.pool.submit(job)
+
+    def _feeder(self) -> None:
+        """Read the input on this map's own thread, outside the lock: an input that is slow
+        or blocks (a reader waiting on its consumer) never holds back finished results."""
+        while True:
+            with self._cond:
+                while not self._closed and not self._window_ok():
+                    self._cond.wait(WAIT_SLICE_S)
+                if self._closed:
+                    return
+                size = self._chunk_size()
+            chunk: list[Any] = []
+            error: BaseException | None = None
+            try:
+                for item in itertools.islice(self._items, size):
+                    chunk.append(item)
+            except BaseException as exc:  # the input iterator itself failed
+                error = exc
+            job = None
+            with self._cond:
+                if self._closed:
+                    return
+                start = self._next_in
+                if error is not None:
+                    self._input_error = error
+                    self._input_error_at = start + len(chunk)
+                if error is not None or len(chunk) < size:
+                    self._exhausted = True
+                if chunk:
+                    if self.star:
+                        chunk = [tuple(c) for c in chunk]
+                    self._next_in += len(chunk)
+                    self._outstanding += len(chunk)
+                    job = self._job(start, chunk)
+                    self._inflight.add(job)
+                self._cond.notify_all()
+            if job is not None:
+                self.pool.submit(job)
+            if self._exhausted:
+                return
 
     def _job(self, start: int, chunk: list[Any]) -> Job:
         def done(job: Job, ok: bool, value: Any, start: int = start) -> None:

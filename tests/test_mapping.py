@@ -206,11 +206,6 @@ def test_without_return_exceptions_the_first_failed_item_raises(ray_cluster):
     assert got == list(range(999))  # everything before it, in order
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: MapRun reads the input under its lock on the completion/consumer thread "
-    "(mapping.py _feed); fix: a feeder thread per map that reads outside the lock",
-)
 def test_a_blocking_input_does_not_hold_back_results(ray_cluster):
     """An input that blocks until a result was consumed (a reader waiting on its consumer):
     results must keep flowing while the input is being read."""
