@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -116,9 +117,19 @@ class MapRun:
                 size = self._chunk_size()
             chunk: list[Any] = []
             error: BaseException | None = None
+            # a slow input sends what it has after TARGET_CHUNK_S instead of a full chunk
+            deadline = time.perf_counter() + TARGET_CHUNK_S
+            short = False
             try:
                 for item in itertools.islice(self._items, size):
                     chunk.append(item)
+                    if (
+                        not self._batch
+                        and not len(chunk) & 255
+                        and time.perf_counter() > deadline
+                    ):
+                        short = True
+                        break
             except BaseException as exc:  # the input iterator itself failed
                 error = exc
             job = None
@@ -129,7 +140,7 @@ class MapRun:
                 if error is not None:
                     self._input_error = error
                     self._input_error_at = start + len(chunk)
-                if error is not None or len(chunk) < size:
+                if error is not None or (len(chunk) < size and not short):
                     self._exhausted = True
                 if chunk:
                     if self.star:
@@ -140,7 +151,17 @@ class MapRun:
                     self._inflight.add(job)
                 self._cond.notify_all()
             if job is not None:
-                self.pool.submit(job)
+                try:
+                    self.pool.submit(job)
+                except BaseException as exc:  # e.g. the session was shut down
+                    with self._cond:
+                        self._inflight.discard(job)
+                        self._outstanding -= job.n
+                        self._next_in -= job.n
+                        self._input_error, self._input_error_at = exc, start
+                        self._exhausted = True
+                        self._cond.notify_all()
+                    return
             if self._exhausted:
                 return
 

@@ -540,7 +540,8 @@ class Pool:
             for n in nodes
         )
         missing = [k for k, v in need.items() if v and not any(n.get(k, 0.0) >= v for n in nodes)]
-        what = {"CPU": f"cpus={o.cpus:g}", "GPU": f"gpus={o.gpus:g}", "memory": "memory="}
+        memory = f"memory={(o.memory or 0) / 2**30:.3g} GiB"
+        what = {"CPU": f"cpus={o.cpus:g}", "GPU": f"gpus={o.gpus:g}", "memory": memory}
         raise InfeasibleError(
             f"{self.name}: no node of this cluster can ever provide "
             f"{', '.join(what[m] for m in missing) or 'this request'} (nodes: {have or 'none'}) "
@@ -699,10 +700,19 @@ class Pool:
         """Work waits (queued, or bridged until a replica exists) and a replica of ours has
         waited for placement a while: another pool's idle replica should give way."""
         with self.lock:
-            return bool(self.queue or self._bridge_jobs) and any(
+            waiting = bool(self.queue or self._bridge_jobs) and any(
                 r.state == "pending" and now - r.t_created > GIVE_WAY_AFTER_S
                 for r in self.reps.values()
             )
+        if not waiting:
+            return False
+        # pending only because a process is starting? then nobody needs to give way
+        free = cluster.summary()
+        o = self.options
+        return (
+            free["cpus"] - free["cpus_used"] < o.cpus - 1e-9
+            or free["gpus"] - free["gpus_used"] < o.gpus - 1e-9
+        )
 
     def give_way(self) -> bool:
         """Remove one idle replica (above min_replicas) for another pool's waiting work."""
