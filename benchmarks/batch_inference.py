@@ -155,12 +155,17 @@ def run(ctx) -> None:
     # --- Ray Data map_batches with an actor pool of 2 x 1 CPU
     def rd_run(texts):
         rdata = need("ray.data", "ray[data] not installed")
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        rdata.DataContext.get_current().enable_progress_bars = False
         CLUSTER.make_room(2.0, 60)
         cls = notebook_def(RAYDATA_SRC)["RDEmbedder"]
         t0 = time.perf_counter()
         ds = rdata.from_items([{"i": i, "text": s} for i, s in enumerate(texts)])
-        rows = ds.map_batches(cls, fn_constructor_args=(path,), batch_size=BATCH, concurrency=2,
-                              num_cpus=1, batch_format="numpy").take_all()
+        rows = ds.map_batches(cls, fn_constructor_args=(path,), batch_size=BATCH,
+                              compute=rdata.ActorPoolStrategy(size=2), num_cpus=1,
+                              batch_format="numpy").take_all()
         dt = time.perf_counter() - t0
         rows.sort(key=lambda r: r["i"])
         return [r["emb"] for r in rows], dt

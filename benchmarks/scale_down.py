@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from ._common import CLUSTER, Side, add_rows, interleave, notebook_def
+from ._common import CLUSTER, Side, add_rows, interleave, notebook_def, wait_until
 
 SC = "scale_down"
 KEEP_ALIVE = 2.0
@@ -21,9 +21,19 @@ def run(ctx) -> None:
         salt = f"sd{next(_tag)}"
         fn = notebook_def("def idle(x):\n    return (x, SALT)\n", SALT=salt)["idle"]
         f = nbs.remote(cpus=0.25, keep_alive=KEEP_ALIVE, name=f"idle_{salt}")(fn)
+        f(3)
+        # the first calls may be served before the function's own replica is up (prewarm /
+        # task fallback): wait for the replica, then take the last result from it
+        def replica_up() -> bool:  # keep calling until the function has a replica
+            f(3)
+            return f.stats()["replicas"] >= 1
+
+        waited = wait_until(replica_up, 30, 0.05)
         y = f(3)
         t_last = time.perf_counter()
         up = f.stats()["replicas"]
+        if waited is None:
+            return {"gone_s": None, "ok": False, "why": "no replica came up within 30 s"}
         gone = None
         while time.perf_counter() - t_last < KEEP_ALIVE + 30:
             if f.stats()["replicas"] == 0:
