@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from ._common import CLUSTER, Side, add_rows, interleave, need, notebook_def, ratio
+from ._common import CLUSTER, Side, add_rows, interleave, need, notebook_def, ratio, wait_until
 
 SC = "map_tiny"
 
@@ -52,11 +52,19 @@ def run(ctx) -> None:
     def nbs_setup():
         nbs = CLUSTER.nbserverless()
         fn = notebook_def("def inc(x):\n    return x + 1\n")["inc"]
-        nbs_side.f = nbs.remote(keep_alive=5, name="bench_map_inc")(fn)
+        # two warm replicas, like the two processes of multiprocessing.Pool(2)
+        nbs_side.f = nbs.remote(min_replicas=2, max_replicas=2, keep_alive=5, name="bench_map_inc")(
+            fn
+        )
 
     def nbs_one():
         # replicas up first (untimed), like the pre-started pools of the anchors
+        nbs = CLUSTER.nbserverless()
+        prewarm = nbs.config.get("prewarm")
+        nbs.config(prewarm=0)  # warm-up on the replicas themselves
         list(nbs_side.f.map(range(2_000), progress=False))
+        wait_until(lambda: nbs_side.f.stats()["replicas"] >= 2, 60, 0.05)
+        nbs.config(prewarm=prewarm)
         return _timed(lambda n: nbs_side.f.map(range(n), progress=False), n_big)
 
     nbs_side = Side("nbs f.map (warm replicas)", nbs_one, setup=nbs_setup)
@@ -69,8 +77,10 @@ def run(ctx) -> None:
     def task_one():
         waited = CLUSTER.make_room(2.0)  # idle nbs replicas hold the CPUs the tasks need
         if waited > 1:
-            ctx.log(f"{SC}: waited {waited:.1f} s for CPUs; available now "
-                    f"{ray.available_resources().get('CPU', 0):g}")
+            ctx.log(
+                f"{SC}: waited {waited:.1f} s for CPUs; available now "
+                f"{ray.available_resources().get('CPU', 0):g}"
+            )
         ray.get([task.remote(i) for i in range(20)])  # worker processes up again (untimed)
         return _timed(lambda n: ray.get([task.remote(i) for i in range(n)]), n_task)
 
@@ -84,8 +94,11 @@ def run(ctx) -> None:
     def mp_setup():
         mp_state["pool"] = multiprocessing.get_context("fork").Pool(2)
 
-    s = Side("multiprocessing.Pool(2).map", lambda: _timed(
-        lambda n: mp_state["pool"].map(inc, range(n)), n_big), setup=mp_setup)
+    s = Side(
+        "multiprocessing.Pool(2).map",
+        lambda: _timed(lambda n: mp_state["pool"].map(inc, range(n)), n_big),
+        setup=mp_setup,
+    )
     sides.append(s)
     sizes[s.name] = n_big
 
@@ -94,8 +107,9 @@ def run(ctx) -> None:
 
     def dask_setup():
         distributed = need("distributed", "dask[distributed] not installed")
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         dask_state["cluster"] = cluster
         dask_state["client"] = distributed.Client(cluster)
 
@@ -106,8 +120,7 @@ def run(ctx) -> None:
         del futs
         return out
 
-    s = Side("Dask client.map+gather (2 procs)", lambda: _timed(dask_map, n_dask),
-             setup=dask_setup)
+    s = Side("Dask client.map+gather (2 procs)", lambda: _timed(dask_map, n_dask), setup=dask_setup)
     sides.append(s)
     sizes[s.name] = n_dask
 
@@ -125,8 +138,11 @@ def run(ctx) -> None:
         dv.apply_sync(sys.path.insert, 0, here)
         ipp_state["view"] = dv
 
-    s = Side("ipyparallel view.map (2 engines)", lambda: _timed(
-        lambda n: ipp_state["view"].map_sync(inc, range(n)), n_big), setup=ipp_setup)
+    s = Side(
+        "ipyparallel view.map (2 engines)",
+        lambda: _timed(lambda n: ipp_state["view"].map_sync(inc, range(n)), n_big),
+        setup=ipp_setup,
+    )
     sides.append(s)
     sizes[s.name] = n_big
 
@@ -151,8 +167,9 @@ def run(ctx) -> None:
             except Exception as e:
                 ctx.note(SC, f"ipcluster stop: {e}")
 
-    rows = {s.name: add_rows(ctx, SC, s, [("items_per_s", "items/s")], n=sizes[s.name])
-            for s in sides}
+    rows = {
+        s.name: add_rows(ctx, SC, s, [("items_per_s", "items/s")], n=sizes[s.name]) for s in sides
+    }
     nb = rows[nbs_side.name]["items_per_s"]
     r, v = ratio(nb, rows["raw Ray task per item"]["items_per_s"])
     ctx.check(SC, "nbs items/s / Ray task-per-item items/s", r, ">=", 500, 100, valid=v)

@@ -37,6 +37,12 @@ def run(ctx) -> None:
     def nbs_setup():
         nbs = CLUSTER.nbserverless()
         nbs_side.f = nbs.remote(cpus=CPUS, keep_alive=600, name="bench_warm_noop")(noop)
+        # on a warm replica: strict zero for the first call, so it waits for the replica
+        # instead of running on a prestarted worker while the replica starts
+        prewarm = nbs.config.get("prewarm")
+        nbs.config(prewarm=0)
+        nbs_side.f(0)
+        nbs.config(prewarm=prewarm)
 
     nbs_side = Side("nbs f(x)", lambda: _timed_calls(nbs_side.f, n), setup=nbs_setup)
     sides.append(nbs_side)
@@ -51,8 +57,11 @@ def run(ctx) -> None:
         actor_side.a = Noop.remote()
         ray.get(actor_side.a.f.remote(0))
 
-    actor_side = Side("raw Ray actor call", lambda: _timed_calls(
-        lambda x: ray.get(actor_side.a.f.remote(x)), n), setup=actor_setup)
+    actor_side = Side(
+        "raw Ray actor call",
+        lambda: _timed_calls(lambda x: ray.get(actor_side.a.f.remote(x)), n),
+        setup=actor_setup,
+    )
     sides.append(actor_side)
 
     # --- raw Ray task
@@ -71,8 +80,11 @@ def run(ctx) -> None:
         serve_side.h = serve.run(ServeNoop.bind(), name="bench_warm", route_prefix=None)
         serve_side.h.remote(0).result()
 
-    serve_side = Side("Ray Serve handle call", lambda: _timed_calls(
-        lambda x: serve_side.h.remote(x).result(), n), setup=serve_setup)
+    serve_side = Side(
+        "Ray Serve handle call",
+        lambda: _timed_calls(lambda x: serve_side.h.remote(x).result(), n),
+        setup=serve_setup,
+    )
     sides.append(serve_side)
 
     interleave(ctx, SC, sides)

@@ -1,11 +1,16 @@
 """Cold starts without the wait: while a function's first replica starts, its first calls
-run as Ray tasks, with the function's own resource request, on the worker processes Ray keeps
-prestarted (the "stem cells" of this design: generic, reserving nothing while idle). Each
-worker process loads a function's code once and keeps it, so later bridged calls are warm.
+run as Ray tasks on the worker processes Ray keeps prestarted (the "stem cells" of this
+design: generic, reserving nothing while idle). Each worker process loads a function's code
+once and keeps it, so later bridged calls are warm.
+
+A bridged call borrows an idle worker without reserving CPUs: the replicas being started
+have already reserved the function's resources, and a task that waited for them would wait
+for those very replicas. Its time is billed to the function as busy time (meter.borrowed).
 
 ``nbs.config(prewarm=N)``: at most N calls of a function run this way at once while it has no
 ready replica; ``prewarm=0`` is strict scale-from-zero (the first call waits for its replica).
-Classes never bridge: their ``__init__`` (a model load) belongs to a replica.
+Classes never bridge (their ``__init__``, a model load, belongs to a replica), nor do
+functions that ask for GPUs or a runtime env (they need what only their replica has).
 
 Example::
 
@@ -46,16 +51,13 @@ _run_task = ray.remote(max_retries=0)(_run)
 
 
 def eligible(options: Options, kind: str) -> bool:
-    """Functions and cells without a runtime env (a pip/env request needs its own worker)."""
-    return kind in ("function", "cell") and options.runtime_env() is None
+    """Functions and cells without GPUs and without a runtime env."""
+    return kind in ("function", "cell") and not options.gpus and options.runtime_env() is None
 
 
 def submit_task(key: str, spec_ref: Any, options: Options, job: Any) -> Any:
-    """Run one job as a task with the function's resources; returns its ObjectRef."""
-    opts: dict[str, Any] = {"num_cpus": options.cpus, "num_gpus": options.gpus}
-    if options.memory:
-        opts["memory"] = options.memory
-    return _run_task.options(**opts).remote(
+    """Run one job as a task on a borrowed idle worker; returns its ObjectRef."""
+    return _run_task.options(num_cpus=0).remote(
         key,
         [spec_ref],  # in a list: resolved by the worker only when it has not loaded the code
         ROUTER.address,

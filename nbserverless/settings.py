@@ -23,7 +23,8 @@ DEFAULTS: dict[str, Any] = {
     # session switches
     "inline": True,  # inline widget under cells that call remote code
     "progress": True,  # progress bar for map
-    "prewarm": 1,  # prewarmed generic replicas; 0 = strict scale to zero
+    "prewarm": 2,  # calls per function on Ray's prestarted workers while its replica starts
+    # (bridge.py); 0 = strict scale to zero
 }
 
 _lock = threading.Lock()

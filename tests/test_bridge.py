@@ -72,3 +72,38 @@ def test_classes_never_bridge(ray_cluster):
     m = Model()
     assert m(1) == m(2)  # one instance: __init__ ran in a replica, not per call
     assert m.stats().cold_starts == 1
+
+
+def test_bridged_calls_do_not_wait_for_cpus_held_by_replicas(ray_cluster, tmp_path):
+    # every CPU of the test cluster busy (as while a function's replicas start): a new
+    # function's first call still runs on a borrowed idle worker instead of queueing
+    from conftest import TEST_CPUS
+
+    release = tmp_path / "release"
+
+    @nbs.remote(cpus=TEST_CPUS, keep_alive=0)
+    def hog(path):
+        import pathlib
+        import time
+
+        deadline = time.monotonic() + 120
+        while not pathlib.Path(path).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return "released"
+
+    nbs.config(prewarm=0)  # the hog itself on its replica, holding every CPU
+    held = hog.submit(str(release))
+    wait_until(lambda: hog.stats().in_flight == 1 and hog.stats().replicas == 1, timeout=60,
+               what="every CPU held")  # fmt: skip
+    nbs.config(prewarm=1)
+
+    @nbs.remote(cpus=1)
+    def quick(x):
+        return x * 3
+
+    try:
+        assert quick.submit(5).result(timeout=60) == 15
+        assert quick.stats().cold_starts == 0
+    finally:
+        release.touch()
+    assert held.result(timeout=60) == "released"
