@@ -57,8 +57,10 @@ def test_min_replicas_stay_warm_after_keep_alive(ray_cluster):
     futures = [ident.submit(i) for i in range(6)]
     assert [f.result(timeout=60) for f in futures] == list(range(6))
     pool = ident._get_pool()
-    wait_until(lambda: pool.replicas() == 1 and ident.stats().replicas == 1, timeout=30,
-               what="scale down to min_replicas")  # fmt: skip
+    def settled():  # one warm replica, none still starting from the burst
+        return len(pool.reps) == 1 and pool.replicas() == 1 and ident.stats().replicas == 1
+
+    wait_until(settled, timeout=30, what="scale down to min_replicas")
     # it stays there: give keep-alive several chances to remove it, then check again
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
