@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from _notebook import write_notebook
 
 CELLS = [
     (
@@ -97,25 +96,8 @@ CELLS = [
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The quickstart notebook, no outputs."""
-    cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
 def main() -> Path:
-    path = Path(__file__).with_name("quickstart.ipynb")
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(CELLS, Path(__file__).with_name("quickstart.ipynb"))
 
 
 if __name__ == "__main__":
