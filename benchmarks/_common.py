@@ -126,8 +126,17 @@ class Ctx:
         self.rows.append(r)
         return r
 
-    def check(self, scenario: str, what: str, value: float, op: str, limit: float,
-              issue_limit: float | None = None, unit: str = "×", valid: bool = True) -> Check:
+    def check(
+        self,
+        scenario: str,
+        what: str,
+        value: float,
+        op: str,
+        limit: float,
+        issue_limit: float | None = None,
+        unit: str = "×",
+        valid: bool = True,
+    ) -> Check:
         c = Check(scenario, what, value, op, limit, issue_limit, unit, valid)
         self.checks.append(c)
         return c
@@ -153,8 +162,15 @@ class Side:
     """One contender in a scenario: ``fn()`` runs one timed measurement and returns a dict
     of metric -> value (plus ``"ok": bool`` for the correctness check of that round)."""
 
-    def __init__(self, name: str, fn: Callable[[], dict[str, Any]], *, warmup: int = 1,
-                 rounds: int | None = None, setup: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[], dict[str, Any]],
+        *,
+        warmup: int = 1,
+        rounds: int | None = None,
+        setup: Callable[[], Any] | None = None,
+    ):
         self.name = name
         self.fn = fn
         self.warmup = warmup
@@ -207,19 +223,38 @@ def interleave(ctx: Ctx, scenario: str, sides: list[Side]) -> list[Side]:
                 s.ok = False
                 ctx.log(f"{scenario}: {s.name} WRONG RESULT in round {r + 1}: {res.get('why', '')}")
             s.results.append(res)
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()
-                     if k not in ("ok", "why")}
+            shown = {
+                k: (round(v, 4) if isinstance(v, float) else v)
+                for k, v in res.items()
+                if k not in ("ok", "why")
+            }
             ctx.log(f"{scenario}: round {r + 1} {s.name}: {shown}")
     return sides
 
 
-def add_rows(ctx: Ctx, scenario: str, side: Side, metrics: list[tuple[str, str]],
-             n: int | None = None, note: str = "") -> dict[str, Row]:
+def add_rows(
+    ctx: Ctx,
+    scenario: str,
+    side: Side,
+    metrics: list[tuple[str, str]],
+    n: int | None = None,
+    note: str = "",
+) -> dict[str, Row]:
     """Rows for ``side``: one per (metric, unit), the samples being the side's rounds."""
     out = {}
     for metric, unit in metrics:
-        out[metric] = ctx.row(scenario, side.name, metric, unit, samples=side.metric(metric),
-                              n=n, ok=side.ok, error=side.error, skipped=side.skipped, note=note)
+        out[metric] = ctx.row(
+            scenario,
+            side.name,
+            metric,
+            unit,
+            samples=side.metric(metric),
+            n=n,
+            ok=side.ok,
+            error=side.error,
+            skipped=side.skipped,
+            note=note,
+        )
     return out
 
 
@@ -227,8 +262,16 @@ def ratio(a: Row | None, b: Row | None) -> tuple[float, bool]:
     """``median(a) / median(b)`` and whether both sides ran, were right, and have samples."""
     if a is None or b is None:
         return math.nan, False
-    valid = (a.ok and b.ok and not a.error and not b.error and not a.skipped
-             and not b.skipped and bool(a.samples) and bool(b.samples))
+    valid = (
+        a.ok
+        and b.ok
+        and not a.error
+        and not b.error
+        and not a.skipped
+        and not b.skipped
+        and bool(a.samples)
+        and bool(b.samples)
+    )
     if not valid or b.value == 0:
         return math.nan, False
     return a.value / b.value, True
@@ -253,7 +296,9 @@ class Cluster:
             raise Skip(self.nbs_error)
         try:
             nbs = importlib.import_module("nbserverless")
-            missing = [a for a in ("remote", "connect", "config", "shutdown") if not hasattr(nbs, a)]
+            missing = [
+                a for a in ("remote", "connect", "config", "shutdown") if not hasattr(nbs, a)
+            ]
             if missing:
                 raise ImportError(f"nbserverless has no {', '.join(missing)} yet")
         except Exception as e:
@@ -283,8 +328,9 @@ class Cluster:
             except Skip:
                 pass
         t0 = time.perf_counter()
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
         self.started_by = f"ray.init(address='local') in {time.perf_counter() - t0:.1f} s"
         return ray
 

@@ -133,8 +133,9 @@ def run(ctx) -> None:
             time.sleep(2.0)  # prewarm refill
         cls = notebook_def(NBS_SRC)["Embedder"]
         cls.__qualname__ = cls.__name__ = f"Embedder{next(_tag)}"
-        E = nbs.remote(batch_size=BATCH, max_replicas=2, cpus=1, keep_alive=2.0,
-                       env={"HF_HUB_OFFLINE": "1"})(cls)
+        E = nbs.remote(
+            batch_size=BATCH, max_replicas=2, cpus=1, keep_alive=2.0, env={"HF_HUB_OFFLINE": "1"}
+        )(cls)
         t0 = time.perf_counter()
         emb = E(path)
         out = list(emb.map(texts, progress=False))
@@ -146,11 +147,20 @@ def run(ctx) -> None:
     def nbs_one():
         out, dt, st = nbs_run(sents)
         ok, why, worst = _cosine_check(ref["emb"], out, n)
-        return {"sent_per_s": n / dt, "s": dt, "ok": ok, "why": why,
-                "peak_replicas": float(st.get("peak_replicas", 0) or 0)}
+        return {
+            "sent_per_s": n / dt,
+            "s": dt,
+            "ok": ok,
+            "why": why,
+            "peak_replicas": float(st.get("peak_replicas", 0) or 0),
+        }
 
-    nbs_side = Side("nbs class batch_size=64 max_replicas=2 cpus=1", nbs_one, warmup=0,
-                    setup=lambda: nbs_run(sents[:BATCH]))
+    nbs_side = Side(
+        "nbs class batch_size=64 max_replicas=2 cpus=1",
+        nbs_one,
+        warmup=0,
+        setup=lambda: nbs_run(sents[:BATCH]),
+    )
 
     # --- Ray Data map_batches with an actor pool of 2 x 1 CPU
     def rd_run(texts):
@@ -163,9 +173,14 @@ def run(ctx) -> None:
         cls = notebook_def(RAYDATA_SRC)["RDEmbedder"]
         t0 = time.perf_counter()
         ds = rdata.from_items([{"i": i, "text": s} for i, s in enumerate(texts)])
-        rows = ds.map_batches(cls, fn_constructor_args=(path,), batch_size=BATCH,
-                              compute=rdata.ActorPoolStrategy(size=2), num_cpus=1,
-                              batch_format="numpy").take_all()
+        rows = ds.map_batches(
+            cls,
+            fn_constructor_args=(path,),
+            batch_size=BATCH,
+            compute=rdata.ActorPoolStrategy(size=2),
+            num_cpus=1,
+            batch_format="numpy",
+        ).take_all()
         dt = time.perf_counter() - t0
         rows.sort(key=lambda r: r["i"])
         return [r["emb"] for r in rows], dt
@@ -175,14 +190,19 @@ def run(ctx) -> None:
         ok, why, worst = _cosine_check(ref["emb"], out, n)
         return {"sent_per_s": n / dt, "s": dt, "ok": ok, "why": why}
 
-    rd_side = Side("Ray Data map_batches, 2 x 1-CPU actors", rd_one, warmup=0,
-                   setup=lambda: rd_run(sents[:BATCH]))
+    rd_side = Side(
+        "Ray Data map_batches, 2 x 1-CPU actors",
+        rd_one,
+        warmup=0,
+        setup=lambda: rd_run(sents[:BATCH]),
+    )
 
     sides = [bare, nbs_side, rd_side]
     interleave(ctx, SC, sides)
 
-    rows = {s.name: add_rows(ctx, SC, s, [("sent_per_s", "sent/s"), ("s", "s")], n=n)
-            for s in sides}
+    rows = {
+        s.name: add_rows(ctx, SC, s, [("sent_per_s", "sent/s"), ("s", "s")], n=n) for s in sides
+    }
     nb = rows[nbs_side.name]["sent_per_s"]
     r, v = ratio(nb, rows[bare.name]["sent_per_s"])
     ctx.check(SC, "nbs sent/s / bare loop sent/s", r, ">=", 0.95, 0.95, valid=v)

@@ -61,8 +61,12 @@ def _nbs_side(ctx, cpus: float, prewarm: int | None) -> Side:
             if old is not None:
                 nbs.config(prewarm=old)
         time.sleep(SETTLE_S)
-        return {"first_result_s": dt, "ok": ok, "why": f"got {y!r}",
-                "cold_starts": st.get("cold_starts")}
+        return {
+            "first_result_s": dt,
+            "ok": ok,
+            "why": f"got {y!r}",
+            "cold_starts": st.get("cold_starts"),
+        }
 
     return Side(label, one)
 
@@ -92,10 +96,15 @@ def _serve_side(ctx, cpus: float) -> Side:
             name="ColdServe",
             ray_actor_options={"num_cpus": cpus},
             autoscaling_config={
-                "min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
-                "target_ongoing_requests": 1, "upscale_delay_s": 0,
-                "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1,
-                "metrics_interval_s": 0.5, "look_back_period_s": 1,
+                "min_replicas": 0,
+                "initial_replicas": 0,
+                "max_replicas": 1,
+                "target_ongoing_requests": 1,
+                "upscale_delay_s": 0,
+                "downscale_delay_s": 1,
+                "downscale_to_zero_delay_s": 1,
+                "metrics_interval_s": 0.5,
+                "look_back_period_s": 1,
             },
         )(cls)
         app = f"bench_cold_{salt}"
@@ -118,8 +127,13 @@ def _serve_side(ctx, cpus: float) -> Side:
         second = time.perf_counter() - t0
         serve.delete(app)
         ok = y1 == (7, salt) and y2 == (8, salt)
-        return {"first_s": first, "second_s": second, "ok": ok,
-                "why": f"got {y1!r}, {y2!r}", "to_zero_s": back_to_zero}
+        return {
+            "first_s": first,
+            "second_s": second,
+            "ok": ok,
+            "why": f"got {y1!r}, {y2!r}",
+            "to_zero_s": back_to_zero,
+        }
 
     return Side(f"Ray Serve min_replicas=0 cpus={cpus:g}", one)
 
@@ -146,8 +160,13 @@ def run(ctx) -> None:
     by = {}
     for s in sides:
         if s is serve_side:
-            rows = add_rows(ctx, SC, s, [("first_s", "s"), ("second_s", "s")],
-                            note="cold start 1 from zero; 2 after scaling back to zero")
+            rows = add_rows(
+                ctx,
+                SC,
+                s,
+                [("first_s", "s"), ("second_s", "s")],
+                note="cold start 1 from zero; 2 after scaling back to zero",
+            )
         else:
             rows = add_rows(ctx, SC, s, [("first_result_s", "s")])
         by[s.name] = rows
@@ -157,8 +176,16 @@ def run(ctx) -> None:
             nb = by[f"nbs cpus={c:g}{pw}"]["first_result_s"]
             r, v = ratio(nb, raw)
             if pw:  # strict zero: no target of its own; reported for comparison
-                ctx.check(SC, f"nbs cpus={c:g} prewarm=0 / raw actor create+call (info)", r,
-                          "<=", 1.0, None, valid=v)
+                ctx.check(
+                    SC,
+                    f"nbs cpus={c:g} prewarm=0 / raw actor create+call (info)",
+                    r,
+                    "<=",
+                    1.0,
+                    None,
+                    valid=v,
+                )
             else:
-                ctx.check(SC, f"nbs cpus={c:g} / raw actor create+call", r, "<=", 0.1, 0.25,
-                          valid=v)
+                ctx.check(
+                    SC, f"nbs cpus={c:g} / raw actor create+call", r, "<=", 0.1, 0.25, valid=v
+                )

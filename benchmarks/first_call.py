@@ -59,9 +59,15 @@ ray.shutdown()
 def _run_script(src: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NBSERVERLESS_ADDRESS")}
     env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env.get("PYTHONPATH", "")])
-    p = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env.get("PYTHONPATH", "")]
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", src],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         out, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -92,5 +98,6 @@ def run(ctx) -> None:
     for label, rows in (("%load_ext", ext), ("import", imp)):
         r, v = ratio(rows["first_result_s"], ry["init_s"])
         diff = rows["first_result_s"].value - ry["init_s"].value if v else float("nan")
-        ctx.check(SC, f"{label} + first result − ray.init", diff, "<=", 0.3, 0.3, unit=" s",
-                  valid=v)
+        ctx.check(
+            SC, f"{label} + first result − ray.init", diff, "<=", 0.3, 0.3, unit=" s", valid=v
+        )

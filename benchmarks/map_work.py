@@ -32,8 +32,9 @@ def run(ctx) -> None:
         nbs = CLUSTER.nbserverless()
         salt = f"w{next(_tag)}"
         fn = notebook_def(SRC, SALT=salt, WORK_S=WORK_S)["work"]
-        f = nbs.remote(cpus=0.25, max_replicas=MAX_REPLICAS, keep_alive=1.0,
-                       name=f"sleep_{salt}")(fn)
+        f = nbs.remote(cpus=0.25, max_replicas=MAX_REPLICAS, keep_alive=1.0, name=f"sleep_{salt}")(
+            fn
+        )
         t0 = time.perf_counter()
         first = None
         out = []
@@ -47,10 +48,15 @@ def run(ctx) -> None:
         st = f.stats()
         wait_until(lambda: f.stats()["replicas"] == 0, 30, 0.1)
         time.sleep(2.0)  # prewarm refill
-        return {"s": dt, "cold_s": cold, "ideal_plus_cold_s": ideal + cold,
-                "pct_of_ideal": 100.0 * (ideal + cold) / dt,
-                "peak_replicas": float(st.get("peak_replicas", 0)), "ok": ok,
-                "why": "results differ from [(i, salt)]"}
+        return {
+            "s": dt,
+            "cold_s": cold,
+            "ideal_plus_cold_s": ideal + cold,
+            "pct_of_ideal": 100.0 * (ideal + cold) / dt,
+            "peak_replicas": float(st.get("peak_replicas", 0)),
+            "ok": ok,
+            "why": "results differ from [(i, salt)]",
+        }
 
     def ray_one():
         CLUSTER.make_room(2.0)
@@ -60,22 +66,45 @@ def run(ctx) -> None:
         t0 = time.perf_counter()
         out = ray.get([t.remote(i) for i in range(n)])
         dt = time.perf_counter() - t0
-        return {"s": dt, "pct_of_ideal": 100.0 * ideal / dt,
-                "ok": out == [(i, salt) for i in range(n)], "why": "wrong results"}
+        return {
+            "s": dt,
+            "pct_of_ideal": 100.0 * ideal / dt,
+            "ok": out == [(i, salt) for i in range(n)],
+            "why": "wrong results",
+        }
 
     nbs_side = Side("nbs f.map sleep(0.1) from zero", nbs_one, warmup=1)
     ray_side = Side("raw Ray tasks num_cpus=0.25 (warm workers)", ray_one, warmup=1)
     interleave(ctx, SC, [nbs_side, ray_side])
 
-    rows = add_rows(ctx, SC, nbs_side, [("s", "s"), ("cold_s", "s"), ("ideal_plus_cold_s", "s"),
-                                        ("pct_of_ideal", "%"), ("peak_replicas", "")], n=n)
-    ray_rows = add_rows(ctx, SC, ray_side, [("s", "s"), ("pct_of_ideal", "%")], n=n,
-             note="ideal without cold start")
+    rows = add_rows(
+        ctx,
+        SC,
+        nbs_side,
+        [
+            ("s", "s"),
+            ("cold_s", "s"),
+            ("ideal_plus_cold_s", "s"),
+            ("pct_of_ideal", "%"),
+            ("peak_replicas", ""),
+        ],
+        n=n,
+    )
+    ray_rows = add_rows(
+        ctx, SC, ray_side, [("s", "s"), ("pct_of_ideal", "%")], n=n, note="ideal without cold start"
+    )
     ctx.row(SC, f"ideal {n}×{WORK_S}/{MAX_REPLICAS}", "s", "s", samples=[ideal], n=n)
     pct = rows["pct_of_ideal"]
     valid = pct.ok and not pct.error and not pct.skipped and bool(pct.samples)
     # ≥ 90% of ideal (+ cold start) == finishing within ~10% of it
-    ctx.check(SC, f"(ideal {ideal:g} s + cold start) / nbs time", pct.value / 100.0 if valid else
-              float("nan"), ">=", 0.9, 1 / 1.1, valid=valid)
+    ctx.check(
+        SC,
+        f"(ideal {ideal:g} s + cold start) / nbs time",
+        pct.value / 100.0 if valid else float("nan"),
+        ">=",
+        0.9,
+        1 / 1.1,
+        valid=valid,
+    )
     r, v = ratio(rows["s"], ray_rows["s"])  # vs raw Ray tasks, info
     ctx.check(SC, "nbs time / raw Ray tasks time (info)", r, "<=", 1.0, None, valid=v)

@@ -55,8 +55,9 @@ if ray.is_initialized():
 class Kernel:
     def __init__(self) -> None:
         jc = need("jupyter_client", "jupyter_client not installed")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RAY_ADDRESS", "NBSERVERLESS_ADDRESS")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NBSERVERLESS_ADDRESS")
+        }
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
         self.km = jc.KernelManager(kernel_name="python3")
@@ -127,26 +128,39 @@ def run(ctx) -> None:
             if res is None:
                 raise RuntimeError(f"no result from the kernel: {out[-300:]}")
             lat = [x * 1e3 for x in res["lat"]]
-            return {"p50": quantile(lat, 0.5), "p99": quantile(lat, 0.99), "cell_s": wall,
-                    "widget_msgs": float(k.display_msgs - before), "ok": res["ok"],
-                    "why": "a call returned a wrong value"}
+            return {
+                "p50": quantile(lat, 0.5),
+                "p99": quantile(lat, 0.99),
+                "cell_s": wall,
+                "widget_msgs": float(k.display_msgs - before),
+                "ok": res["ok"],
+                "why": "a call returned a wrong value",
+            }
 
         on = Side("inline widget on (metrics on)", lambda: one(True))
         off = Side("inline widget off (metrics on)", lambda: one(False))
         interleave(ctx, SC, [on, off])
     finally:
         k.close()
-    r_on = add_rows(ctx, SC, on, [("p50", "ms"), ("p99", "ms"), ("cell_s", "s"),
-                                  ("widget_msgs", "msgs")], n=n)
-    r_off = add_rows(ctx, SC, off, [("p50", "ms"), ("p99", "ms"), ("cell_s", "s"),
-                                    ("widget_msgs", "msgs")], n=n)
+    r_on = add_rows(
+        ctx, SC, on, [("p50", "ms"), ("p99", "ms"), ("cell_s", "s"), ("widget_msgs", "msgs")], n=n
+    )
+    r_off = add_rows(
+        ctx, SC, off, [("p50", "ms"), ("p99", "ms"), ("cell_s", "s"), ("widget_msgs", "msgs")], n=n
+    )
     r, v = ratio(r_on["p50"], r_off["p50"])
     ctx.check(SC, "p50 inline on / inline off", r, "<=", 1.03, 1.03, valid=v)
     r, v = ratio(r_on["cell_s"], r_off["cell_s"])
     ctx.check(SC, "cell wall time inline on / off (info)", r, "<=", 1.03, None, valid=v)
-    ctx.note(SC, "the kernel connects with nbs.connect() before %load_ext: %load_ext's "
-                 "background connect loses its cluster (Ray ties the GCS's life to the "
-                 "thread that ran ray.init), see first_call.")
-    ctx.note(SC, "metrics cannot be switched off through SPEC.md's API: both sides meter; only "
-                 "the inline widget (nbs.config(inline=...)) differs. 'widget_msgs' counts "
-                 "display/comm messages the cell sent to the frontend.")
+    ctx.note(
+        SC,
+        "the kernel connects with nbs.connect() before %load_ext: %load_ext's "
+        "background connect loses its cluster (Ray ties the GCS's life to the "
+        "thread that ran ray.init), see first_call.",
+    )
+    ctx.note(
+        SC,
+        "metrics cannot be switched off through SPEC.md's API: both sides meter; only "
+        "the inline widget (nbs.config(inline=...)) differs. 'widget_msgs' counts "
+        "display/comm messages the cell sent to the frontend.",
+    )

@@ -22,6 +22,7 @@ def run(ctx) -> None:
         fn = notebook_def("def idle(x):\n    return (x, SALT)\n", SALT=salt)["idle"]
         f = nbs.remote(cpus=0.25, keep_alive=KEEP_ALIVE, name=f"idle_{salt}")(fn)
         f(3)
+
         # the first calls may be served before the function's own replica is up (prewarm /
         # task fallback): wait for the replica, then take the last result from it
         def replica_up() -> bool:  # keep calling until the function has a replica
@@ -43,16 +44,28 @@ def run(ctx) -> None:
         ok = y == (3, salt) and up >= 1 and gone is not None
         why = f"result {y!r}, replicas right after the call {up}, gone after {gone}"
         time.sleep(2.0)  # prewarm refill before the next round
-        return {"gone_s": gone, "over_keep_alive_s": None if gone is None else gone - KEEP_ALIVE,
-                "ok": ok, "why": why}
+        return {
+            "gone_s": gone,
+            "over_keep_alive_s": None if gone is None else gone - KEEP_ALIVE,
+            "ok": ok,
+            "why": why,
+        }
 
     side = Side(f"nbs replica gone after last result (keep_alive={KEEP_ALIVE:g})", one)
     interleave(ctx, SC, [side])
     rows = add_rows(ctx, SC, side, [("gone_s", "s"), ("over_keep_alive_s", "s")])
     g = rows["gone_s"]
     valid = g.ok and not g.error and not g.skipped and bool(g.samples)
-    ctx.check(SC, f"time to zero replicas, keep_alive={KEEP_ALIVE:g} s", g.value if valid
-              else float("nan"), "<=", KEEP_ALIVE + 1.0, KEEP_ALIVE + 1.0, unit=" s", valid=valid)
+    ctx.check(
+        SC,
+        f"time to zero replicas, keep_alive={KEEP_ALIVE:g} s",
+        g.value if valid else float("nan"),
+        "<=",
+        KEEP_ALIVE + 1.0,
+        KEEP_ALIVE + 1.0,
+        unit=" s",
+        valid=valid,
+    )
     if valid:
         worst = max(g.samples)
         ctx.note(SC, f"worst round {worst:.2f} s (target {KEEP_ALIVE + 1:.1f} s)")

@@ -123,11 +123,7 @@ class MapRun:
             try:
                 for item in itertools.islice(self._items, size):
                     chunk.append(item)
-                    if (
-                        not self._batch
-                        and not len(chunk) & 255
-                        and time.perf_counter() > deadline
-                    ):
+                    if not self._batch and not len(chunk) & 255 and time.perf_counter() > deadline:
                         short = True
                         break
             except BaseException as exc:  # the input iterator itself failed

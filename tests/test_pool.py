@@ -57,6 +57,7 @@ def test_min_replicas_stay_warm_after_keep_alive(ray_cluster):
     futures = [ident.submit(i) for i in range(6)]
     assert [f.result(timeout=60) for f in futures] == list(range(6))
     pool = ident._get_pool()
+
     def settled():  # one warm replica, none still starting from the burst
         return len(pool.reps) == 1 and pool.replicas() == 1 and ident.stats().replicas == 1
 
