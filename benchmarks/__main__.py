@@ -16,20 +16,9 @@ import traceback
 from pathlib import Path
 
 from . import SCENARIOS
-from ._common import CLUSTER, Ctx, Skip, fmt
+from ._common import CLUSTER, TITLES, Ctx, Skip, fmt
 
 HERE = Path(__file__).resolve().parent
-
-TITLES = {
-    "first_call": "first call, new kernel",
-    "warm_call": "warm call",
-    "cold_start": "cold start",
-    "map_tiny": "map, tiny items",
-    "map_work": "map, real work",
-    "batch_inference": "batch inference",
-    "metering": "metering cost",
-    "scale_down": "scale down",
-}
 
 
 def _versions() -> dict[str, str]:

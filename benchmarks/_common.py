@@ -13,6 +13,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+#: scenario names as tables print them
+TITLES = {
+    "first_call": "first call, new kernel",
+    "warm_call": "warm call",
+    "cold_start": "cold start",
+    "map_tiny": "map, tiny items",
+    "map_work": "map, real work",
+    "batch_inference": "batch inference",
+    "metering": "metering cost",
+    "scale_down": "scale down",
+}
+
 
 # ---------------------------------------------------------------------------- statistics
 def quantile(xs: list[float], q: float) -> float:

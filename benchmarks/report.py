@@ -7,18 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import fmt
-
-TITLES = {
-    "first_call": "first call, new kernel",
-    "warm_call": "warm call",
-    "cold_start": "cold start",
-    "map_tiny": "map, tiny items",
-    "map_work": "map, real work",
-    "batch_inference": "batch inference",
-    "metering": "metering cost",
-    "scale_down": "scale down",
-}
+from ._common import TITLES, fmt
 
 
 def render(d: dict) -> str:
