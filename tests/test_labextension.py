@@ -164,8 +164,9 @@ def test_browser_calls_show_in_panel_and_status(page):
     expect(r.locator(".nbs-col-errors")).to_have_text("0")
     expect(r.locator(".nbs-col-p50")).to_have_text(re.compile(r"\d.* m?s$"))
     expect(r.locator(".nbs-col-cost")).to_have_text(re.compile(r"^\$\d"))
-    replicas = int(r.locator(".nbs-col-replicas").inner_text())
-    assert replicas >= 1, "replicas stay warm for keep_alive after the calls"
+    # the calls may all have run on Ray's prestarted workers while sq's replica started
+    # (bridge.py); the replica comes up and stays warm for keep_alive
+    expect(r.locator(".nbs-col-replicas")).to_have_text(re.compile(r"^[1-9]"), timeout=120_000)
     status = page.locator("#nbserverless-status")
     expect(status).to_have_text(re.compile(r"^⚡ [1-9]\d* replicas? · \$\d"))
     assert "estimate" in (status.get_attribute("title") or "")
