@@ -192,10 +192,6 @@ def ensure_connected() -> None:
         connect()
 
 
-def is_connected() -> bool:
-    return ray.is_initialized()
-
-
 def address() -> str | None:
     """The address this kernel is connected to, ``"local"`` for the embedded cluster."""
     return _state["address"] if ray.is_initialized() else None

@@ -184,7 +184,6 @@ class Pool:
         self._feasible = False
         self._rep_ids = itertools.count(1)
         self.replica_history: deque[tuple[float, int]] = deque(maxlen=10_000)
-        self.init_error: BaseException | None = None
         self.item_s: float | None = None  # measured execution time per item (EMA)
         self._bridge_jobs: set[Job] = set()
         self.last_demand = time.monotonic()
@@ -210,20 +209,26 @@ class Pool:
         with self.lock:
             self._scale_locked()
 
+    def _place_locked(self, job: Job) -> bool:
+        """Send ``job`` to a replica with room (True), else bridge or queue it (False)."""
+        if self.closed:
+            raise RuntimeError(f"{self.name}: the session was shut down; call it again")
+        self.hold_min = True
+        rep = None if self.queue else self._pick(job)
+        if rep is not None:
+            self._dispatch_locked(job, rep)
+        elif not self._bridge_locked(job):
+            self.queue.append(job)
+        if rep is None or job.pipelined:  # a plain call sent to a replica with room needs none
+            self._scale_locked()
+        return rep is not None
+
     def submit(self, job: Job) -> None:
         """Dispatch at once if a replica has room, else queue (and scale up)."""
         self.meter.submitted(job.n)
         self.last_demand = time.monotonic()
         with self.lock:
-            if self.closed:
-                raise RuntimeError(f"{self.name}: the session was shut down; call it again")
-            self.hold_min = True
-            rep = None if self.queue else self._pick(job)
-            if rep is not None:
-                self._dispatch_locked(job, rep)
-            elif not self._bridge_locked(job):
-                self.queue.append(job)
-            self._scale_locked()
+            self._place_locked(job)
         if job.ref is not None:
             _on_ready(job.ref, self._on_ref, job)
         elif job.error is not None:
@@ -231,22 +236,16 @@ class Pool:
 
     def call_sync(self, method: str | None, args: tuple, kwargs: dict, done: DoneFn) -> Job:
         """The warm-call hot path: dispatch in the caller's thread and ``ray.get`` here.
-        Falls back to the queue when no replica has room."""
+        Falls back to the bridge or the queue when no replica has room."""
         job = Job("call", method, (args, kwargs), 1, done)
         self.meter.submitted(1)
         self.last_demand = time.monotonic()
         with self.lock:
-            self.hold_min = True
-            rep = None if self.queue else self._pick(job)
-            if rep is not None:
-                self._dispatch_locked(job, rep)
-            else:
-                if self._bridge_locked(job):
-                    _on_ready(job.ref, self._on_ref, job)
-                else:
-                    self.queue.append(job)
-                self._scale_locked()
-                return job
+            sent = self._place_locked(job)
+        if not sent:
+            if job.ref is not None:  # bridged
+                _on_ready(job.ref, self._on_ref, job)
+            return job
         if job.ref is None:  # could not be sent (an unpicklable argument)
             self._report(job, False, job.error, errors=1)
             return job
@@ -301,9 +300,9 @@ class Pool:
                 method = actor.batch.remote(job.method, job.payload, call_id)
             else:
                 method = actor.chunk.remote(job.method, job.payload, job.star, call_id)
-        except Exception as exc:  # Ray could not serialize the arguments
+        except Exception:  # Ray could not serialize the arguments
             job.rep = None
-            job.error = _serialization_error(job, self.name, exc)
+            job.error = _serialization_error(job, self.name)
             self.meter.dispatched(job.n)
             return
         job.ref = method
@@ -624,7 +623,6 @@ class Pool:
                 took = time.monotonic() - rep.t_created
                 self.start_s = 0.5 * (self.start_s + took)
                 rep.last_idle = time.monotonic()
-                self.init_error = None
                 self._record_count_locked()
             else:
                 self._stop_locked(rep)
@@ -755,7 +753,7 @@ def _force_cancel_task(ref: Any) -> None:
         pass
 
 
-def _serialization_error(job: Job, name: str, exc: Exception) -> Exception:
+def _serialization_error(job: Job, name: str) -> Exception:
     if job.kind == "call":
         args, kwargs = job.payload
     else:

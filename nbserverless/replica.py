@@ -222,44 +222,30 @@ class Replica:
         for stream, text in chunks or ():
             getattr(sys, stream)._original.write(text)
 
-    def call(self, req: list) -> list:
-        """One call; ``req`` is ``[method, args, kwargs, call_id]`` in one argument, which
-        Ray serializes once instead of four times (lists take Ray's msgpack fast path)."""
-        method, args, kwargs, call_id = req
+    def _run(self, call_id: int, thunk: Any) -> list:
+        """Run ``thunk()`` as call ``call_id``: its output captured, its time measured, a
+        user exception wrapped; returns the envelope."""
         self._begin(call_id)
         t0 = time.perf_counter()
         try:
-            value = self._fn(method)(*args, **kwargs) if kwargs else self._fn(method)(*args)
-            ok = True
+            value, ok = thunk(), True
         except BaseException as exc:
             value, ok = UserError(exc, _format_tb(exc, self.names)), False
         exec_s = time.perf_counter() - t0
         rest, seq = self._end()
         return [ok, value, exec_s, rest, seq]
 
+    def call(self, req: list) -> list:
+        """One call; ``req`` is ``[method, args, kwargs, call_id]`` in one argument, which
+        Ray serializes once instead of four times (lists take Ray's msgpack fast path)."""
+        method, args, kwargs, call_id = req
+        fn = self._fn(method)
+        return self._run(call_id, (lambda: fn(*args, **kwargs)) if kwargs else (lambda: fn(*args)))
+
     def batch(self, method: str | None, items: list, call_id: int) -> list:
         """One call of a batched function with a list; checks it returns a list as long."""
-        self._begin(call_id)
-        t0 = time.perf_counter()
-        try:
-            value = self._fn(method)(items)
-            try:
-                n = len(value)
-            except TypeError:
-                n = None
-            if n != len(items):
-                got = f"{n} results" if n is not None else f"a {type(value).__name__}"
-                raise ValueError(
-                    f"a batched function must return a list as long as its input: it got "
-                    f"{len(items)} items and returned {got}"
-                )
-            value = list(value)
-            ok = True
-        except BaseException as exc:
-            value, ok = UserError(exc, _format_tb(exc, self.names)), False
-        exec_s = time.perf_counter() - t0
-        rest, seq = self._end()
-        return [ok, value, exec_s, rest, seq]
+        fn = self._fn(method)
+        return self._run(call_id, lambda: _as_batch_result(fn(items), len(items)))
 
     def chunk(self, method: str | None, items: list, star: bool, call_id: int) -> list:
         """Several items of a map in one round trip; every item succeeds or fails alone.
@@ -310,6 +296,20 @@ class Replica:
                             out.seq += 1
                         else:
                             out.chunks = chunks + out.chunks
+
+
+def _as_batch_result(value: Any, n_items: int) -> list:
+    try:
+        n = len(value)
+    except TypeError:
+        n = None
+    if n != n_items:
+        got = f"{n} results" if n is not None else f"a {type(value).__name__}"
+        raise ValueError(
+            f"a batched function must return a list as long as its input: it got "
+            f"{n_items} items and returned {got}"
+        )
+    return list(value)
 
 
 def _node_ip() -> str:

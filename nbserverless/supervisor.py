@@ -81,7 +81,7 @@ def on_ready(ref: Any, handler: Callable, subject: Any) -> None:
 
 
 class Supervisor:
-    """One daemon thread per kernel: keep-alive, timeouts, batch timers, giving way."""
+    """One daemon thread per kernel: keep-alive, timeouts, cancellation grace, giving way."""
 
     TICK_S = 0.05
 
@@ -89,7 +89,6 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._cancels: list[tuple[float, Pool, Job]] = []
-        self._timers: list[Callable[[float], None]] = []
         self._lock = threading.Lock()
 
     def ensure_running(self) -> None:
@@ -108,15 +107,6 @@ class Supervisor:
             t.join(5)
         self._thread = None
 
-    def add_timer(self, fn: Callable[[float], None]) -> None:
-        with self._lock:
-            self._timers.append(fn)
-
-    def remove_timer(self, fn: Callable[[float], None]) -> None:
-        with self._lock:
-            if fn in self._timers:
-                self._timers.remove(fn)
-
     def watch_cancel(self, pool: Pool, job: Job) -> None:
         with self._lock:
             self._cancels.append((time.monotonic() + CANCEL_GRACE_S, pool, job))
@@ -131,11 +121,8 @@ class Supervisor:
     def _tick(self) -> None:
         now = time.monotonic()
         with self._lock:
-            timers = list(self._timers)
             due = [c for c in self._cancels if c[0] <= now]
             self._cancels = [c for c in self._cancels if c[0] > now]
-        for fn in timers:
-            fn(now)
         for _, pool, job in due:
             pool.force_cancel(job)
         pools = registry.all()
