@@ -415,6 +415,16 @@ class Cluster:
 CLUSTER = Cluster()
 
 
+def wait_warm(timeout: float = 30.0) -> float | None:
+    """Between nbs rounds: wait (bounded) until ``prewarm`` stand-ins are warm again, as they
+    are in a notebook between cells (a claimed one is replaced in the background)."""
+    import nbserverless as nbs
+    from nbserverless.meter import METER
+
+    want = nbs.config.get("prewarm") or 0
+    return wait_until(lambda: METER.snapshot()["totals"]["platform_replicas"] >= want, timeout)
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> float | None:
     """Seconds until ``pred()`` held, or None at the timeout."""
     t0 = time.perf_counter()

@@ -17,7 +17,17 @@ import os
 import re
 import time
 
-from ._common import CLUSTER, Side, add_rows, interleave, need, notebook_def, ratio, wait_until
+from ._common import (
+    CLUSTER,
+    Side,
+    add_rows,
+    interleave,
+    need,
+    notebook_def,
+    ratio,
+    wait_until,
+    wait_warm,
+)
 
 SC = "batch_inference"
 BATCH = 64
@@ -130,7 +140,7 @@ def run(ctx) -> None:
         prev = nbs_state.get("handle")
         if prev is not None:
             wait_until(lambda: prev.stats()["replicas"] == 0, 60, 0.2)
-            time.sleep(2.0)  # prewarm refill
+            wait_warm()
         cls = notebook_def(NBS_SRC)["Embedder"]
         cls.__qualname__ = cls.__name__ = f"Embedder{next(_tag)}"
         E = nbs.remote(

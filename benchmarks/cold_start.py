@@ -12,7 +12,17 @@ from __future__ import annotations
 import itertools
 import time
 
-from ._common import CLUSTER, Side, Skip, add_rows, interleave, notebook_def, ratio, wait_until
+from ._common import (
+    CLUSTER,
+    Side,
+    Skip,
+    add_rows,
+    interleave,
+    notebook_def,
+    ratio,
+    wait_until,
+    wait_warm,
+)
 
 SC = "cold_start"
 KEEP_ALIVE = 1.0  # nbs: short, so the replica of the previous round is gone quickly
@@ -61,6 +71,7 @@ def _nbs_side(ctx, cpus: float, prewarm: int | None) -> Side:
             if old is not None:
                 nbs.config(prewarm=old)
         time.sleep(SETTLE_S)
+        wait_warm()
         return {
             "first_result_s": dt,
             "ok": ok,

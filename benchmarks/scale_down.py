@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from ._common import CLUSTER, Side, add_rows, interleave, notebook_def, wait_until
+from ._common import CLUSTER, Side, add_rows, interleave, notebook_def, wait_until, wait_warm
 
 SC = "scale_down"
 KEEP_ALIVE = 2.0
@@ -43,7 +43,7 @@ def run(ctx) -> None:
             time.sleep(0.02)
         ok = y == (3, salt) and up >= 1 and gone is not None
         why = f"result {y!r}, replicas right after the call {up}, gone after {gone}"
-        time.sleep(2.0)  # prewarm refill before the next round
+        wait_warm()
         return {
             "gone_s": gone,
             "over_keep_alive_s": None if gone is None else gone - KEEP_ALIVE,

@@ -54,7 +54,11 @@ def connect(address: str | None = None, *, token: str | None = None) -> str:
 
     Example: ``nbs.connect()``; ``nbs.connect("ray://head:10001")``; ``nbs.connect("auto")``.
     """
-    return cluster.connect(address, token=token)
+    address = cluster.connect(address, token=token)
+    from .supervisor import SUPERVISOR
+
+    SUPERVISOR.ensure_running()  # keeps the stand-ins warm (bridge.py)
+    return address
 
 
 class _Config:
@@ -107,6 +111,7 @@ def shutdown() -> None:
 
     pool.close_all()
     pool.SUPERVISOR.stop()
+    pool.bridge.STOCK.clear()
     ROUTER.stop()
     cluster.disconnect()
 

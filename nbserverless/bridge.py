@@ -1,44 +1,78 @@
-"""Cold starts without the wait: while a function's first replica starts, its first calls
-run as Ray tasks on the worker processes Ray keeps prestarted (the "stem cells" of this
-design: generic, reserving nothing while idle). Each worker process loads a function's code
-once and keeps it, so later bridged calls are warm.
+"""Cold starts without the wait: while a function's replicas start, its calls run elsewhere.
 
-A bridged call borrows an idle worker without reserving CPUs: the replicas being started
-have already reserved the function's resources, and a task that waited for them would wait
-for those very replicas. Its time is billed to the function as busy time (meter.borrowed).
+Stand-ins: ``nbs.config(prewarm=N)`` keeps N generic processes ("stem cells", reserving no
+CPUs) waiting on the cluster, shown as platform overhead. While waiting they import the
+third-party packages the kernel has imported, as it did (with the environment variables it has
+set since connecting), so code that needs torch does not wait for torch ("warm imports",
+``nbs.config(warm_imports=False)`` turns them off). A
+function's (or class handle's) first call claims one: from then on it serves only that pool,
+with the pool's ``env=`` — a function's calls in threads, as many at once as replica slots are
+starting; a class's calls on one instance (its ``__init__`` runs there once), ``concurrency``
+at once — and it is retired (and replaced by a fresh one) when those replicas are ready.
+Scale-up from zero thereby follows the queue at once, not the pace at which the cluster
+starts processes and imports packages.
 
-``nbs.config(prewarm=N)``: at most N calls of a function run this way at once while it has no
-ready replica; ``prewarm=0`` is strict scale-from-zero (the first call waits for its replica).
-Classes never bridge (their ``__init__``, a model load, belongs to a replica), nor do
-functions that ask for GPUs or a runtime env (they need what only their replica has).
+Without a warm stand-in at hand, at most N calls of a function without ``env=`` run as Ray
+tasks on the worker processes Ray keeps prestarted, while the function has no ready replica.
+
+Neither reserves CPUs: the replicas being started have already reserved the pool's resources,
+and work that waited for them would wait for those very replicas. Their time is billed to the
+pool as busy time (meter.borrowed). ``prewarm=0`` is strict scale-from-zero. Pools that ask for
+GPUs or ``pip=`` packages never use stand-ins (they need what only their replicas have).
 
 Example::
 
-    ref = submit_task(pool_key, spec_ref, options, "call", payload, call_id)
+    host = claim()                       # None when no stand-in is warm
+    ref = submit(host, pool_key, spec_ref, job)
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 import ray
 
+from . import settings
+from .meter import METER
 from .options import Options
 from .output import ROUTER
 from .replica import Replica
+from .supervisor import on_ready as _on_ready
 
-_executors: dict[str, Replica] = {}  # in a worker process: pool key -> loaded code
+HOST_THREADS = 64  # stand-in calls at once in one stand-in process
+REFILL_AFTER_S = 1.0  # after connecting, leave the first calls the whole machine
+#: packages of the kernel itself, of Ray and of tests: never worth importing in a stand-in
+# fmt: off
+KERNEL_ONLY = frozenset({
+    "IPython", "ipykernel", "ipywidgets", "ipyparallel", "jupyter_client", "jupyter_core",
+    "jupyter_server", "jupyterlab", "notebook", "nbclient", "nbformat", "zmq", "tornado",
+    "traitlets", "comm", "debugpy", "prompt_toolkit", "jedi", "parso", "pygments", "pexpect",
+    "ptyprocess", "matplotlib_inline", "nest_asyncio", "ray", "nbserverless", "pytest",
+    "_pytest", "pluggy", "pip", "setuptools", "pkg_resources", "playwright",
+})
+# fmt: on
+
+_executors: dict[str, Replica] = {}  # in a worker or stand-in process: pool key -> code
+_load_lock = threading.Lock()
 
 
 def _run(key: str, spec_box: list, out_address: Any, kind: str, method: Any, payload: Any,
          star: bool, call_id: int) -> list:  # fmt: skip
     executor = _executors.get(key)
     if executor is None:
-        executor = Replica(f"bridge:{key}", out_address)
-        loaded = executor.load(ray.get(spec_box[0]))
-        if not loaded.get("ok"):
-            return [False, loaded["error"], 0.0, None, 0]
-        _executors[key] = executor
+        with _load_lock:
+            executor = _executors.get(key)
+            if executor is None:
+                executor = Replica(f"bridge:{key}", out_address)
+                loaded = executor.load(ray.get(spec_box[0]))
+                if not loaded.get("ok"):
+                    return [False, loaded["error"], 0.0, None, 0]
+                _executors[key] = executor
     if kind == "call":
         args, kwargs = payload
         return executor.call([method, list(args), kwargs or None, call_id])
@@ -50,16 +84,232 @@ def _run(key: str, spec_box: list, out_address: Any, kind: str, method: Any, pay
 _run_task = ray.remote(max_retries=0)(_run)
 
 
+class StemCell:
+    """The stand-in process (a Ray actor with threads): generic until claimed."""
+
+    def __init__(self) -> None:
+        self.t_start = time.time()
+        self.env: dict[str, str] | None = None
+        # Ray caps math libraries at one thread for an actor of num_cpus=0; a stand-in works
+        # for replicas that reserved more, so libraries it imports may use the node's cores.
+        if os.environ.get("OMP_NUM_THREADS") == "1":
+            del os.environ["OMP_NUM_THREADS"]
+        _raise_priority()
+
+    def ping(self) -> dict[str, Any]:
+        return {"t_start": self.t_start, "pid": os.getpid()}
+
+    def warm(self, modules: list[str], env: dict[str, str]) -> list[str]:
+        """Import the kernel's packages as the kernel did: with the environment variables it
+        has set (some packages read them at import), restored afterwards. At low priority."""
+        _set_thread_priority(15)
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        done = []
+        try:
+            for name in modules:
+                if name in sys.modules:
+                    continue
+                try:
+                    __import__(name)
+                    done.append(name)
+                except BaseException:  # not installed here, or fails outside the kernel
+                    pass
+        finally:
+            for name, value in saved.items():
+                if self.env and name in self.env:
+                    continue  # claimed meanwhile: the pool's env= stays
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            _set_thread_priority(0)
+        return done
+
+    def run(self, env: dict[str, str] | None, *args: Any) -> list:
+        if env and self.env is None:  # claimed: the pool's env= applies from now on
+            os.environ.update(env)
+            self.env = env
+        return _run(*args)
+
+
+def _set_thread_priority(nice: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):
+        pass
+
+
+def _raise_priority() -> None:
+    """Ray runs workers at low priority (niceness 15): so do the processes starting for the
+    replicas a stand-in stands in for. Where allowed, the stand-in takes the kernel's priority
+    (every thread: Linux keeps niceness per thread) so its calls do not queue behind them."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except OSError:
+            return
+
+
+def kernel_imports() -> list[str]:
+    """Top-level third-party packages this process has imported (for warm imports)."""
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    names = []
+    for name, module in list(sys.modules.items()):
+        if "." in name or name.startswith("_") or name in stdlib or name in KERNEL_ONLY:
+            continue
+        path = getattr(module, "__file__", None) or ""
+        if "site-packages" in path or "dist-packages" in path:
+            names.append(name)
+    return sorted(names)
+
+
+_StemCellActor = ray.remote(StemCell)
+
+
+class Host:
+    """The kernel's view of one stand-in process."""
+
+    __slots__ = ("hid", "actor", "ready", "owner", "warmed", "warming")
+
+    def __init__(self, hid: str, actor: Any):
+        self.hid = hid
+        self.actor = actor
+        self.ready = False
+        self.owner: str | None = None
+        self.warmed: set[str] = set()  # packages and env names sent to it
+        self.warming: Any = None  # ObjectRef of the last warm-up sent
+
+
+class _Stock:
+    """The warm, unclaimed stand-ins of this kernel."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.warm: list[Host] = []
+        self.ids = itertools.count(1)
+        self.connected_since: float | None = None
+        self.env0: dict[str, str] = {}  # the kernel's environment when it connected
+        self.n_modules = 0
+
+    def refill(self, now: float) -> None:
+        """Start stand-ins until ``prewarm`` are warm or starting (supervisor tick)."""
+        if not ray.is_initialized():
+            self.connected_since = None
+            return
+        if self.connected_since is None:
+            self.connected_since = now
+            self.env0 = dict(os.environ)
+        if now - self.connected_since < REFILL_AFTER_S:
+            return
+        if len(sys.modules) != self.n_modules:
+            self.n_modules = len(sys.modules)
+            self.warm_all()
+        want = settings.get("prewarm") or 0
+        with self.lock:
+            extra = self.warm[want:] if len(self.warm) > want else []
+            del self.warm[len(self.warm) - len(extra) :]
+            for _ in range(want - len(self.warm)):
+                host = Host(f"stem-{next(self.ids)}", None)
+                host.actor = _StemCellActor.options(
+                    num_cpus=0, max_concurrency=HOST_THREADS, max_restarts=0
+                ).remote()
+                self.warm.append(host)
+                ref = host.actor.ping.remote()
+                _on_ready(ref, _placed, host)
+        for host in extra:
+            retire(host)
+
+    def warm_all(self, host: Host | None = None) -> None:
+        """Send the kernel's imports and new environment variables to warm stand-ins."""
+        modules = kernel_imports() if settings.get("warm_imports") else []
+        env = {k: v for k, v in os.environ.items() if self.env0.get(k) != v}
+        with self.lock:
+            hosts = [host] if host is not None else [h for h in self.warm if h.ready]
+        for h in hosts:
+            new = [m for m in modules if m not in h.warmed]
+            fresh = {k: v for k, v in env.items() if f"env:{k}" not in h.warmed}
+            if new or fresh:
+                h.warmed.update(new, (f"env:{k}" for k in fresh))
+                h.warming = h.actor.warm.remote(new, fresh)
+
+    def claim(self, key: str) -> Host | None:
+        with self.lock:
+            for host in self.warm:
+                if host.ready:
+                    self.warm.remove(host)
+                    host.owner = key
+                    break
+            else:
+                return None
+        METER.platform.replica_stopped(host.hid, time.time())
+        return host
+
+    def clear(self) -> None:
+        with self.lock:
+            hosts, self.warm = self.warm, []
+            self.connected_since = None
+        for host in hosts:
+            retire(host)
+
+
+STOCK = _Stock()
+METER.platform.set_resources(cpus=0)  # a stand-in reserves no CPUs
+
+
+def _placed(host: Host, fut: Any) -> None:
+    try:
+        info = fut.result()
+    except Exception:
+        with STOCK.lock:
+            if host in STOCK.warm:
+                STOCK.warm.remove(host)
+        return
+    with STOCK.lock:
+        if host not in STOCK.warm:
+            return
+        host.ready = True
+    METER.platform.replica_started(host.hid, info["t_start"])
+    STOCK.warm_all(host)
+
+
 def eligible(options: Options, kind: str) -> bool:
-    """Functions and cells without GPUs and without a runtime env."""
-    return kind in ("function", "cell") and not options.gpus and options.runtime_env() is None
+    """Pools without GPUs and without ``pip=`` packages."""
+    return not options.gpus and not options.pip
 
 
-def submit_task(key: str, spec_ref: Any, options: Options, job: Any) -> Any:
-    """Run one job as a task on a borrowed idle worker; returns its ObjectRef."""
-    return _run_task.options(num_cpus=0).remote(
+def task_eligible(options: Options, kind: str) -> bool:
+    """What may also run on Ray's shared prestarted workers: functions and cells without
+    ``env=`` (a class's instance belongs to a process of its own)."""
+    return kind in ("function", "cell") and eligible(options, kind) and not options.env
+
+
+def claim(key: str) -> Host | None:
+    """A warm stand-in for the pool ``key``, now serving only it; None if none is warm."""
+    return STOCK.claim(key)
+
+
+def retire(host: Host) -> None:
+    """Remove a stand-in (its function's replicas are ready, or it is stuck or dead)."""
+    if host.owner is None and host.ready:
+        METER.platform.replica_stopped(host.hid, time.time())
+    host.ready = False
+    try:
+        ray.kill(host.actor, no_restart=True)
+    except Exception:
+        pass
+
+
+def submit(host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | None) -> Any:
+    """Run one job on the pool's stand-in, or as a task on a borrowed idle worker when it
+    has none; returns its ObjectRef."""
+    args = (
         key,
-        [spec_ref],  # in a list: resolved by the worker only when it has not loaded the code
+        [spec_ref],  # in a list: resolved only where the code is not loaded yet
         ROUTER.address,
         job.kind,
         job.method,
@@ -67,3 +317,6 @@ def submit_task(key: str, spec_ref: Any, options: Options, job: Any) -> Any:
         job.star,
         job.call_id,
     )
+    if host is not None:
+        return host.actor.run.remote(env, *args)
+    return _run_task.options(num_cpus=0).remote(*args)

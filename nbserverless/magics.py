@@ -49,7 +49,7 @@ RESET_DONE = "nbserverless: metrics reset"
 SHUTDOWN_DONE = "nbserverless: every replica removed and the cluster disconnected"
 CONNECTED = "nbserverless: connected to {address}"
 REASON_MAX = 160
-_SWITCHES = {"inline": bool, "progress": bool, "prewarm": int}
+_SWITCHES = {"inline": bool, "progress": bool, "prewarm": int, "warm_imports": bool}
 _EXECUTOR = dumps_code(capture.run_cell, "run_cell")  # importable: ships by reference
 
 

@@ -75,7 +75,10 @@ class MapRun:
         if progress is None:
             progress = settings.get("progress")
         self._bar = progress_bar(total, pool.name, pool.meter, bool(progress))
-        threading.Thread(target=self._feeder, name="nbs-map-feeder", daemon=True).start()
+        self._feeder_thread = threading.Thread(
+            target=self._feeder, name="nbs-map-feeder", daemon=True
+        )
+        self._feeder_thread.start()
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -123,9 +126,12 @@ class MapRun:
             try:
                 for item in itertools.islice(self._items, size):
                     chunk.append(item)
-                    if not self._batch and not len(chunk) & 255 and time.perf_counter() > deadline:
-                        short = True
-                        break
+                    if not len(chunk) & 255:
+                        if self._closed:  # cancelled while reading: pull no more
+                            break
+                        if not self._batch and time.perf_counter() > deadline:
+                            short = True
+                            break
             except BaseException as exc:  # the input iterator itself failed
                 error = exc
             job = None
@@ -267,5 +273,7 @@ class MapRun:
             jobs = list(self._inflight)
             self._inflight.clear()
             self._cond.notify_all()
+        if threading.current_thread() is not self._feeder_thread:
+            self._feeder_thread.join(WAIT_SLICE_S)  # unless the input itself blocks
         for job in jobs:
             self.pool.cancel(job)

@@ -87,6 +87,7 @@ class Job:
         "error",
         "exec_s",
         "bridged",
+        "host",
     )
 
     def __init__(
@@ -121,7 +122,8 @@ class Job:
         self.finished = False
         self.error: BaseException | None = None  # set when it could not be sent
         self.exec_s = 0.0  # execution time the replica measured
-        self.bridged = False  # ran as a task while the first replica started
+        self.bridged = False  # ran on a stand-in while replicas started (bridge.py)
+        self.host: bridge.Host | None = None  # the stand-in process, None for a Ray task
 
 
 class Rep:
@@ -186,9 +188,11 @@ class Pool:
         self.replica_history: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.item_s: float | None = None  # measured execution time per item (EMA)
         self._bridge_jobs: set[Job] = set()
+        self._host: bridge.Host | None = None  # this pool's claimed stand-in
         self.last_demand = time.monotonic()
         self.starts = 0  # replicas ever requested (scale-up decisions)
         self._can_bridge = bridge.eligible(options, kind)
+        self._can_task = bridge.task_eligible(options, kind)
         self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
         _registry.add(self)
         SUPERVISOR.ensure_running()
@@ -317,23 +321,34 @@ class Pool:
         self.meter.dispatched(job.n)
 
     def _bridge_locked(self, job: Job) -> bool:
-        """Run ``job`` as a task on a prestarted worker if the function has no ready replica
-        yet (see bridge.py). Returns whether it was sent."""
-        limit = settings.get("prewarm")
-        if (
-            not self._can_bridge
-            or not limit
-            or len(self._bridge_jobs) >= limit
-            or any(r.state == "ready" for r in self.reps.values())
-        ):
+        """Run ``job`` on a stand-in while replicas start (see bridge.py): on the pool's
+        claimed stand-in as many at once as replica slots are starting, else as a task on a
+        prestarted worker while no replica is ready. Returns whether it was sent."""
+        prewarm = settings.get("prewarm")
+        if not self._can_bridge or not prewarm:
+            return False
+        ready = sum(1 for r in self.reps.values() if r.state == "ready")
+        if ready == len(self.reps) and ready and self._host is None:
+            return False  # nothing starting: the work waits for a ready replica
+        starting = self._wanted_locked(extra=1) - ready  # counting what this job starts
+        if self._host is None and (starting > 0 or not ready):
+            self._host = bridge.claim(self.key)
+        if self._host is None:
+            limit = prewarm if self._can_task and not ready else 0
+        elif self.kind == "class":  # one instance on the stand-in, while replicas start
+            limit = self.options.concurrency if starting > 0 else 0
+        else:
+            limit = max(0 if ready else prewarm, starting * self.options.concurrency)
+        if len(self._bridge_jobs) >= limit:
             return False
         job.call_id = call_id = next(_call_ids)
         job.t_dispatch = now = time.perf_counter()
         try:
-            job.ref = bridge.submit_task(self.key, self._spec_ref, self.options, job)
+            job.ref = bridge.submit(self._host, self.key, self._spec_ref, job, self.options.env)
         except Exception:
             return False  # e.g. unpicklable arguments: the normal path reports it
         job.bridged = True
+        job.host = self._host
         self._bridge_jobs.add(job)
         if ROUTER.address is not None:
             ROUTER.sinks[call_id] = job.sink
@@ -392,6 +407,8 @@ class Pool:
         """A job's reply (an envelope) or failure (a Ray exception) arrived."""
         ROUTER.sinks.pop(job.call_id, None)
         if isinstance(result, DEATH_ERRORS):
+            if job.host is not None:
+                self._retire_host(job.host)
             self._on_death(job, result)
             return
         with self.lock:
@@ -457,6 +474,7 @@ class Pool:
             if retry:
                 job.attempts += 1
                 job.rep, job.ref, job.t_dispatch, job.bridged = None, None, 0.0, False
+                job.host = None
                 self.meter.retried(job.n)
                 self.queue.appendleft(job)
                 self._scale_locked()
@@ -478,13 +496,30 @@ class Pool:
                 return
             self._detach_locked(job)  # recycle: the call may still be running there
         if job.bridged:
-            _force_cancel_task(job.ref)
+            self._stop_stand_in(job)
         err = CallTimeoutError(
             f"{self.name}: the call ran longer than timeout={self.options.timeout:g} s and was "
             "stopped (its replica was recycled). Raise timeout= if it needs longer."
         )
         self._report(job, False, err, errors=job.n)
         self._pump()
+
+    def _stop_stand_in(self, job: Job) -> None:
+        """A stand-in call that must stop: a task is force-cancelled, a claimed stand-in
+        process is removed (its other calls are re-run like any replica's)."""
+        if job.host is not None:
+            self._retire_host(job.host)
+            return
+        try:
+            ray.cancel(job.ref, force=True)
+        except Exception:
+            pass
+
+    def _retire_host(self, host: bridge.Host) -> None:
+        with self.lock:
+            if self._host is host:
+                self._host = None
+        bridge.retire(host)
 
     def _cancelled(self, job: Job, *, was_queued: bool) -> None:
         if job.finished:
@@ -521,7 +556,7 @@ class Pool:
         with self.lock:
             self._detach_locked(job)
         if job.bridged:
-            _force_cancel_task(job.ref)
+            self._stop_stand_in(job)
         self._cancelled(job, was_queued=False)
 
     # -- replicas ------------------------------------------------------------------------
@@ -554,8 +589,13 @@ class Pool:
     def _scale_locked(self) -> None:
         if not self._feasible or self.closed:
             return
+        for _ in range(self._wanted_locked() - len(self._live())):
+            self._start_locked()
+
+    def _wanted_locked(self, extra: int = 0) -> int:
+        """Replicas the queued and running work (plus ``extra`` jobs) calls for."""
         o = self.options
-        demand = len(self.queue) + len(self._bridge_jobs)
+        demand = len(self.queue) + len(self._bridge_jobs) + extra
         demand += sum(r.outstanding for r in self.reps.values())
         want = math.ceil(demand / o.concurrency)
         ready = sum(1 for r in self.reps.values() if r.state == "ready")
@@ -566,9 +606,7 @@ class Pool:
                 want = len(self._live())
         if self.hold_min:
             want = max(want, o.min_replicas)
-        want = min(want, o.max_replicas)
-        for _ in range(want - len(self._live())):
-            self._start_locked()
+        return min(want, o.max_replicas)
 
     def _start_locked(self) -> None:
         o = self.options
@@ -685,12 +723,26 @@ class Pool:
                 for rep in list(self.reps.values()):
                     if rep.state == "pending" and len(self._live()) > keep:
                         self._stop_locked(rep)
+            host = self._host
+            if (
+                host is not None
+                and not self._bridge_jobs
+                and (
+                    self.closed
+                    or not any(r.state in ("pending", "loading") for r in self.reps.values())
+                )
+            ):
+                self._host = None  # its replicas are ready (or gone): no stand-in needed
+            else:
+                host = None
             if o.timeout is not None:
                 pnow = time.perf_counter()
                 for rep in self.reps.values():
                     expired += [j for j in rep.jobs if j.deadline and pnow > j.deadline]
                 expired += [j for j in self._bridge_jobs if j.deadline and pnow > j.deadline]
             self._scale_locked()
+        if host is not None:
+            bridge.retire(host)
         for job in expired:
             self._on_timeout(job)
 
@@ -739,18 +791,14 @@ class Pool:
             running = [j for r in self.reps.values() for j in r.jobs]
             for rep in list(self.reps.values()):
                 self._stop_locked(rep)
+            host, self._host = self._host, None
+        if host is not None:
+            bridge.retire(host)
         for job in queued:
             self._cancelled(job, was_queued=True)
         for job in running:
             self._cancelled(job, was_queued=False)
         _registry.remove(self)
-
-
-def _force_cancel_task(ref: Any) -> None:
-    try:
-        ray.cancel(ref, force=True)
-    except Exception:
-        pass
 
 
 def _serialization_error(job: Job, name: str) -> Exception:

@@ -23,8 +23,9 @@ DEFAULTS: dict[str, Any] = {
     # session switches
     "inline": True,  # inline widget under cells that call remote code
     "progress": True,  # progress bar for map
-    "prewarm": 2,  # calls per function on Ray's prestarted workers while its replica starts
-    # (bridge.py); 0 = strict scale to zero
+    "prewarm": 2,  # warm stand-in processes that run calls while replicas start (bridge.py);
+    # 0 = strict scale to zero
+    "warm_imports": True,  # stand-ins import the packages the kernel has imported
 }
 
 _lock = threading.Lock()

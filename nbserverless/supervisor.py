@@ -125,6 +125,12 @@ class Supervisor:
             self._cancels = [c for c in self._cancels if c[0] > now]
         for _, pool, job in due:
             pool.force_cancel(job)
+        from . import cluster
+
+        if cluster.address() is not None:
+            from . import bridge  # it imports this module
+
+            bridge.STOCK.refill(now)
         pools = registry.all()
         for pool in pools:
             pool.tick(now)
