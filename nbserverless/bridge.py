@@ -90,6 +90,7 @@ class StemCell:
     def __init__(self) -> None:
         self.t_start = time.time()
         self.env: dict[str, str] | None = None
+        self.slots: threading.Semaphore | None = None
         # Ray caps math libraries at one thread for an actor of num_cpus=0; a stand-in works
         # for replicas that reserved more, so libraries it imports may use the node's cores.
         if os.environ.get("OMP_NUM_THREADS") == "1":
@@ -126,11 +127,20 @@ class StemCell:
             _set_thread_priority(0)
         return done
 
-    def run(self, env: dict[str, str] | None, *args: Any) -> list:
+    def run(self, env: dict[str, str] | None, slots: int | None, *args: Any) -> list:
+        """One job of the pool that claimed this stand-in; with ``slots`` (a class: its
+        ``concurrency``) at most that many run at once, the next one waiting here."""
         if env and self.env is None:  # claimed: the pool's env= applies from now on
             os.environ.update(env)
             self.env = env
-        return _run(*args)
+        if not slots:
+            return _run(*args)
+        if self.slots is None:
+            with _load_lock:
+                if self.slots is None:
+                    self.slots = threading.Semaphore(slots)
+        with self.slots:
+            return _run(*args)
 
 
 def _set_thread_priority(nice: int) -> None:
@@ -304,9 +314,11 @@ def retire(host: Host) -> None:
         pass
 
 
-def submit(host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | None) -> Any:
-    """Run one job on the pool's stand-in, or as a task on a borrowed idle worker when it
-    has none; returns its ObjectRef."""
+def submit(
+    host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | None, slots: int | None
+) -> Any:
+    """Run one job on the pool's stand-in (``slots``: at most that many at once there), or
+    as a task on a borrowed idle worker when it has none; returns its ObjectRef."""
     args = (
         key,
         [spec_ref],  # in a list: resolved only where the code is not loaded yet
@@ -318,5 +330,5 @@ def submit(host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | Non
         job.call_id,
     )
     if host is not None:
-        return host.actor.run.remote(env, *args)
+        return host.actor.run.remote(env, slots, *args)
     return _run_task.options(num_cpus=0).remote(*args)

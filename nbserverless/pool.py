@@ -336,7 +336,7 @@ class Pool:
         if self._host is None:
             limit = prewarm if self._can_task and not ready else 0
         elif self.kind == "class":  # one instance on the stand-in, while replicas start
-            limit = self.options.concurrency if starting > 0 else 0
+            limit = self.options.concurrency + (1 if job.pipelined else 0) if starting > 0 else 0
         else:
             limit = max(0 if ready else prewarm, starting * self.options.concurrency)
         if len(self._bridge_jobs) >= limit:
@@ -344,7 +344,10 @@ class Pool:
         job.call_id = call_id = next(_call_ids)
         job.t_dispatch = now = time.perf_counter()
         try:
-            job.ref = bridge.submit(self._host, self.key, self._spec_ref, job, self.options.env)
+            slots = self.options.concurrency if self.kind == "class" else None
+            job.ref = bridge.submit(
+                self._host, self.key, self._spec_ref, job, self.options.env, slots
+            )
         except Exception:
             return False  # e.g. unpicklable arguments: the normal path reports it
         job.bridged = True
