@@ -62,6 +62,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})  # completion offers ``remote`` before its import
+
+
 def connect(address: str | None = None, *, token: str | None = None) -> str:
     """Connect to the embedded local cluster (no address) or an existing one.
 

@@ -110,6 +110,7 @@ LOAD_EXT = textwrap.dedent(
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "nbserverless")
     print("load_ext imported ray in the kernel's thread:", "MainThread" in importers)
+    print("completion", "remote" in dir(sys.modules["nbserverless"]))
     cell = "import nbserverless as nbs\\n@nbs.remote(cpus=0.1)\\ndef inc(x):\\n    return x + 1\\n"
     shell.run_cell(cell + "y = inc(1)").raise_error()
     print("result", shell.user_ns["y"], ",".join(importers))
@@ -132,4 +133,5 @@ def test_load_ext_leaves_importing_ray_to_the_background_connect(subprocess_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
     assert lines["load_ext"] == "imported ray in the kernel's thread: False"
+    assert lines["completion"] == "True"  # nbs.remote is offered before its first use
     assert lines["result"] == "2 nbserverless-connect"
