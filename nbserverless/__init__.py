@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cluster
 from . import settings as _settings
@@ -28,7 +28,9 @@ from .errors import (
     ReplicaDiedError,
     SerializationError,
 )
-from .function import remote
+
+if TYPE_CHECKING:
+    from .function import remote
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,21 @@ __all__ = [
     "remote",
     "shutdown",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``remote`` brings Ray with it (a second of CPU to import): on first use, so that
+    # ``%load_ext nbserverless`` returns at once and imports Ray in the background.
+    if name == "remote":
+        from .function import remote
+
+        globals()["remote"] = remote
+        return remote
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})  # completion offers ``remote`` before its import
 
 
 def connect(address: str | None = None, *, token: str | None = None) -> str:

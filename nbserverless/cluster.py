@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
-
-import ray
 
 log = logging.getLogger("nbserverless")
 
@@ -48,9 +47,21 @@ def _configured_address() -> str | None:
     return None
 
 
+def _ray_initialized() -> bool:
+    """``ray.is_initialized()``, without importing Ray (a second of CPU) if nothing has yet:
+    ``%load_ext`` leaves that import to the background connect."""
+    if "ray" not in sys.modules:
+        return False
+    import ray  # waits for an import in progress in another thread
+
+    return ray.is_initialized()
+
+
 def _init(
     address: str | None, token: str | None, temp_dir: str | None, num_cpus: float | None = None
 ) -> None:
+    import ray
+
     if token:
         os.environ["RAY_AUTH_TOKEN"] = token  # read by Ray; never printed
     # On a loaded machine Ray's GCS can take over a minute to answer; Ray's default is then
@@ -118,7 +129,7 @@ def connect(
     with _lock:
         if address is None:
             address = _configured_address()
-        if ray.is_initialized():
+        if _ray_initialized():
             current = _state["address"]
             wanted = "local" if address is None else address
             if current is None or wanted == current or address is None:
@@ -143,7 +154,7 @@ def connect(
                 t.start()
             return "local" if address is None else address
     wait_connected()
-    if ray.is_initialized():
+    if _ray_initialized():
         return _state["address"] or "local"
     with _lock:
         _init(address, token, temp_dir, num_cpus)
@@ -156,8 +167,12 @@ def _background_connect(address: str | None, token: str | None, temp_dir: str | 
     # Ray starts the embedded cluster's daemons with PR_SET_PDEATHSIG, which fires when the
     # *thread* that started them exits: this thread stays alive until disconnect().
     try:
+        # Imported before waiting for the lock, so that a kernel thread needing Ray waits for
+        # this import rather than doing it itself.
+        import ray  # noqa: F401
+
         with _lock:
-            if not ray.is_initialized():
+            if not _ray_initialized():
                 _init(address, token, temp_dir)
                 _state["address"] = "local" if address is None else address
                 _state["embedded"] = address is None
@@ -185,27 +200,29 @@ def wait_connected(timeout: float = CONNECT_TIMEOUT_S) -> None:
 
 def ensure_connected() -> None:
     """Connect on first use (the implicit ``nbs.connect()``)."""
-    if ray.is_initialized() and (_state["thread"] is None or _state["ready"].is_set()):
+    if _ray_initialized() and (_state["thread"] is None or _state["ready"].is_set()):
         return
     wait_connected()
-    if not ray.is_initialized():
+    if not _ray_initialized():
         connect()
 
 
 def address() -> str | None:
     """The address this kernel is connected to, ``"local"`` for the embedded cluster."""
-    return _state["address"] if ray.is_initialized() else None
+    return _state["address"] if _ray_initialized() else None
 
 
 def is_embedded() -> bool:
-    return bool(_state["embedded"]) and ray.is_initialized()
+    return bool(_state["embedded"]) and _ray_initialized()
 
 
 def disconnect() -> None:
     """Disconnect; the embedded cluster stops with it."""
     wait_connected()
     with _lock:
-        if ray.is_initialized():
+        if _ray_initialized():
+            import ray
+
             ray.shutdown()
         _state.update(address=None, embedded=False, summary=None, summary_at=0.0, nodes=None)
         _state["stop"].set()
@@ -214,6 +231,8 @@ def disconnect() -> None:
 
 def node_resources(max_age_s: float = 5.0) -> list[dict[str, float]]:
     """Total resources of each alive node (cached for ``max_age_s``)."""
+    import ray
+
     now = time.monotonic()
     cached = _state.get("nodes")
     if cached is not None and now - _state.get("nodes_at", 0.0) < max_age_s:
@@ -256,7 +275,9 @@ def summary() -> dict[str, Any]:
         "gpus": 0.0,
         "gpus_used": 0.0,
     }
-    if ray.is_initialized():
+    if _ray_initialized():
+        import ray
+
         try:
             total = ray.cluster_resources()
             avail = ray.available_resources()

@@ -24,7 +24,7 @@ import itertools
 import pickle
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
@@ -32,11 +32,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from . import capture
 from .errors import RemoteError, RemoteTraceback, SerializationError
-from .function import Invoker
 from .meter import METER
 from .options import Options
-from .pool import Pool
 from .shipping import dumps_code
+
+if TYPE_CHECKING:
+    from .pool import Pool
 
 COMMANDS = ("status", "config", "connect", "prices", "reset", "shutdown")
 NOT_BACK = "nbserverless: not brought back: {items}"
@@ -89,11 +90,15 @@ def command_args(f: Any) -> Any:
 
 
 class CellPool:
-    """The pool of one cell (or one ``--name``) with one option set, running ``run_cell``."""
+    """The pool of one cell (or one ``--name``) with one option set, running ``run_cell``.
+
+    The call path (and with it Ray) is imported at the first cell, not by ``%load_ext``."""
 
     _ids = itertools.count(1)
 
     def __init__(self, options: Options, name: str) -> None:
+        from .function import Invoker
+
         self.options = options
         self.name = name
         self.key = f"%%serverless#{next(self._ids)}"
@@ -102,6 +107,8 @@ class CellPool:
         self._invoker = Invoker(self, None, False)
 
     def _get_pool(self) -> Pool:
+        from .pool import Pool
+
         with self._lock:
             if self._pool is None or self._pool.closed:
                 pool = Pool(self.name, "cell", _EXECUTOR, {}, None, self.options, key=self.key)

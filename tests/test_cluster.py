@@ -92,3 +92,46 @@ def test_background_start_of_the_embedded_cluster_survives(ray_cluster):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "result 2 local" in proc.stdout
+
+
+LOAD_EXT = textwrap.dedent(
+    """
+    import sys, threading
+    from IPython.core.interactiveshell import InteractiveShell
+
+    importers = []
+
+    class Spy:  # notes which thread imports Ray
+        def find_spec(self, name, path=None, target=None):
+            if name == "ray":
+                importers.append(threading.current_thread().name)
+
+    sys.meta_path.insert(0, Spy())
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbserverless")
+    print("load_ext imported ray in the kernel's thread:", "MainThread" in importers)
+    print("completion", "remote" in dir(sys.modules["nbserverless"]))
+    cell = "import nbserverless as nbs\\n@nbs.remote(cpus=0.1)\\ndef inc(x):\\n    return x + 1\\n"
+    shell.run_cell(cell + "y = inc(1)").raise_error()
+    print("result", shell.user_ns["y"], ",".join(importers))
+    shell.run_line_magic("unload_ext", "nbserverless")
+    shell.user_ns["nbs"].shutdown()
+    """
+)
+
+
+def test_load_ext_leaves_importing_ray_to_the_background_connect(subprocess_env):
+    # Importing Ray takes about a second of CPU: %load_ext returns without it, the connect
+    # thread imports it, and the kernel's first call waits for that import.
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_EXT],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert lines["load_ext"] == "imported ray in the kernel's thread: False"
+    assert lines["completion"] == "True"  # nbs.remote is offered before its first use
+    assert lines["result"] == "2 nbserverless-connect"
