@@ -416,13 +416,12 @@ CLUSTER = Cluster()
 
 
 def wait_warm(timeout: float = 30.0) -> float | None:
-    """Between nbs rounds: wait (bounded) until ``prewarm`` stand-ins are warm again, as they
-    are in a notebook between cells (a claimed one is replaced in the background)."""
-    import nbserverless as nbs
-    from nbserverless.meter import METER
+    """Between nbs rounds: wait (bounded) until ``prewarm`` stand-ins are warm again and done
+    importing the kernel's packages, as they are in a notebook between cells (a claimed one
+    is replaced in the background)."""
+    from nbserverless import bridge
 
-    want = nbs.config.get("prewarm") or 0
-    return wait_until(lambda: METER.snapshot()["totals"]["platform_replicas"] >= want, timeout)
+    return wait_until(bridge.STOCK.settled, timeout)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> float | None:

@@ -41,7 +41,7 @@ from . import settings
 from .meter import METER
 from .options import Options
 from .output import ROUTER
-from .replica import Replica
+from .replica import Replica, idle_priority
 from .supervisor import on_ready as _on_ready
 
 HOST_THREADS = 64  # stand-in calls at once in one stand-in process
@@ -102,20 +102,20 @@ class StemCell:
 
     def warm(self, modules: list[str], env: dict[str, str]) -> list[str]:
         """Import the kernel's packages as the kernel did: with the environment variables it
-        has set (some packages read them at import), restored afterwards. At low priority."""
-        _set_thread_priority(15)
+        has set (some packages read them at import), restored afterwards; on idle CPU."""
         saved = {name: os.environ.get(name) for name in env}
         os.environ.update(env)
         done = []
         try:
-            for name in modules:
-                if name in sys.modules:
-                    continue
-                try:
-                    __import__(name)
-                    done.append(name)
-                except BaseException:  # not installed here, or fails outside the kernel
-                    pass
+            with idle_priority():
+                for name in modules:
+                    if name in sys.modules:
+                        continue
+                    try:
+                        __import__(name)
+                        done.append(name)
+                    except BaseException:  # not installed here, or fails outside the kernel
+                        pass
         finally:
             for name, value in saved.items():
                 if self.env and name in self.env:
@@ -124,30 +124,36 @@ class StemCell:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-            _set_thread_priority(0)
         return done
 
-    def run(self, env: dict[str, str] | None, slots: int | None, *args: Any) -> list:
-        """One job of the pool that claimed this stand-in; with ``slots`` (a class: its
-        ``concurrency``) at most that many run at once, the next one waiting here."""
+    def run(self, env: dict[str, str] | None, shape: tuple | None, *args: Any) -> list:
+        """One job of the pool that claimed this stand-in. ``shape`` is a class's
+        ``(concurrency, cpus)``: at most ``concurrency`` jobs run at once on its instance (the
+        next one waits here), with math libraries at its replicas' thread count."""
         if env and self.env is None:  # claimed: the pool's env= applies from now on
             os.environ.update(env)
             self.env = env
-        if not slots:
+        if not shape:
             return _run(*args)
         if self.slots is None:
             with _load_lock:
                 if self.slots is None:
-                    self.slots = threading.Semaphore(slots)
+                    _limit_threads(max(1, int(shape[1])))
+                    self.slots = threading.Semaphore(shape[0])
         with self.slots:
             return _run(*args)
 
 
-def _set_thread_priority(nice: int) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (OSError, AttributeError):
-        pass
+def _limit_threads(n: int) -> None:
+    """What Ray's OMP_NUM_THREADS does at a replica's start, for a class's stand-in whose math
+    libraries were imported before it knew the class (warm imports): ``n`` threads."""
+    os.environ["OMP_NUM_THREADS"] = str(n)  # libraries imported from now on
+    torch = sys.modules.get("torch")  # imported already: it reads the variable only once
+    if torch is not None:
+        try:
+            torch.set_num_threads(n)
+        except Exception:
+            pass
 
 
 def _raise_priority() -> None:
@@ -204,10 +210,13 @@ class _Stock:
         self.ids = itertools.count(1)
         self.connected_since: float | None = None
         self.env0: dict[str, str] = {}  # the kernel's environment when it connected
+        self.claimed = 0  # stand-ins claimed by a pool and not yet retired
         self.n_modules = 0
 
     def refill(self, now: float) -> None:
-        """Start stand-ins until ``prewarm`` are warm or starting (supervisor tick)."""
+        """Start stand-ins until ``prewarm`` exist, warm or claimed (supervisor tick): a
+        claimed one is replaced when it retires, so a pool running on its stand-in does not
+        share the machine with the start of the next one."""
         if not ray.is_initialized():
             self.connected_since = None
             return
@@ -221,9 +230,10 @@ class _Stock:
             self.warm_all()
         want = settings.get("prewarm") or 0
         with self.lock:
-            extra = self.warm[want:] if len(self.warm) > want else []
-            del self.warm[len(self.warm) - len(extra) :]
-            for _ in range(want - len(self.warm)):
+            keep = max(0, want - self.claimed)
+            extra = self.warm[keep:]
+            del self.warm[keep:]
+            for _ in range(keep - len(self.warm)):
                 host = Host(f"stem-{next(self.ids)}", None)
                 host.actor = _StemCellActor.options(
                     num_cpus=0, max_concurrency=HOST_THREADS, max_restarts=0
@@ -247,12 +257,22 @@ class _Stock:
                 h.warmed.update(new, (f"env:{k}" for k in fresh))
                 h.warming = h.actor.warm.remote(new, fresh)
 
+    def settled(self) -> bool:
+        """``prewarm`` stand-ins warm and done importing (benchmarks wait for it)."""
+        with self.lock:
+            hosts = [h for h in self.warm if h.ready]
+        if len(hosts) < (settings.get("prewarm") or 0):
+            return False
+        refs = [h.warming for h in hosts if h.warming is not None]
+        return not refs or len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+
     def claim(self, key: str) -> Host | None:
         with self.lock:
             for host in self.warm:
                 if host.ready:
                     self.warm.remove(host)
                     host.owner = key
+                    self.claimed += 1
                     break
             else:
                 return None
@@ -263,6 +283,7 @@ class _Stock:
         with self.lock:
             hosts, self.warm = self.warm, []
             self.connected_since = None
+            self.claimed = 0
         for host in hosts:
             retire(host)
 
@@ -305,9 +326,12 @@ def claim(key: str) -> Host | None:
 
 def retire(host: Host) -> None:
     """Remove a stand-in (its function's replicas are ready, or it is stuck or dead)."""
-    if host.owner is None and host.ready:
-        METER.platform.replica_stopped(host.hid, time.time())
-    host.ready = False
+    with STOCK.lock:
+        if host.ready and host.owner is not None:
+            STOCK.claimed = max(0, STOCK.claimed - 1)
+        elif host.ready:
+            METER.platform.replica_stopped(host.hid, time.time())
+        host.ready = False
     try:
         ray.kill(host.actor, no_restart=True)
     except Exception:
@@ -315,10 +339,10 @@ def retire(host: Host) -> None:
 
 
 def submit(
-    host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | None, slots: int | None
+    host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | None, shape: tuple | None
 ) -> Any:
-    """Run one job on the pool's stand-in (``slots``: at most that many at once there), or
-    as a task on a borrowed idle worker when it has none; returns its ObjectRef."""
+    """Run one job on one of the pool's stand-ins (``shape``: a class's ``(concurrency,
+    cpus)``), or as a task on a borrowed idle worker; returns its ObjectRef."""
     args = (
         key,
         [spec_ref],  # in a list: resolved only where the code is not loaded yet
@@ -330,5 +354,5 @@ def submit(
         job.call_id,
     )
     if host is not None:
-        return host.actor.run.remote(env, slots, *args)
+        return host.actor.run.remote(env, shape, *args)
     return _run_task.options(num_cpus=0).remote(*args)

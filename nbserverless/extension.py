@@ -10,12 +10,14 @@ import logging
 from typing import Any
 
 from . import cluster, comm, magics, widgets
+from .supervisor import SUPERVISOR
 
 log = logging.getLogger("nbserverless")
 
 
 def load(ip: Any) -> None:
     cluster.connect(background=True)
+    SUPERVISOR.ensure_running()  # warms the stand-ins once connected (bridge.py)
     magics.register(ip)
     widgets.register(ip)
     try:

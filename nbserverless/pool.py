@@ -188,7 +188,7 @@ class Pool:
         self.replica_history: deque[tuple[float, int]] = deque(maxlen=10_000)
         self.item_s: float | None = None  # measured execution time per item (EMA)
         self._bridge_jobs: set[Job] = set()
-        self._host: bridge.Host | None = None  # this pool's claimed stand-in
+        self._hosts: list[bridge.Host] = []  # this pool's claimed stand-ins
         self.last_demand = time.monotonic()
         self.starts = 0  # replicas ever requested (scale-up decisions)
         self._can_bridge = bridge.eligible(options, kind)
@@ -328,30 +328,30 @@ class Pool:
         if not self._can_bridge or not prewarm:
             return False
         ready = sum(1 for r in self.reps.values() if r.state == "ready")
-        if ready == len(self.reps) and ready and self._host is None:
+        if ready == len(self.reps) and ready and not self._hosts:
             return False  # nothing starting: the work waits for a ready replica
         starting = self._wanted_locked(extra=1) - ready  # counting what this job starts
-        if self._host is None and (starting > 0 or not ready):
-            self._host = bridge.claim(self.key)
-        if self._host is None:
-            limit = prewarm if self._can_task and not ready else 0
-        elif self.kind == "class":  # one instance on the stand-in, while replicas start
-            limit = self.options.concurrency + (1 if job.pipelined else 0) if starting > 0 else 0
-        else:
-            limit = max(0 if ready else prewarm, starting * self.options.concurrency)
-        if len(self._bridge_jobs) >= limit:
+        host = self._stand_in_locked(job, starting, ready, prewarm)
+        if host is None and (self._hosts or not self._can_task or ready):
+            return False
+        if host is None and len(self._bridge_jobs) >= prewarm:
             return False
         job.call_id = call_id = next(_call_ids)
         job.t_dispatch = now = time.perf_counter()
+        o = self.options
         try:
-            slots = self.options.concurrency if self.kind == "class" else None
             job.ref = bridge.submit(
-                self._host, self.key, self._spec_ref, job, self.options.env, slots
+                host,
+                self.key,
+                self._spec_ref,
+                job,
+                o.env,
+                (o.concurrency, o.cpus) if self.kind == "class" else None,
             )
         except Exception:
             return False  # e.g. unpicklable arguments: the normal path reports it
         job.bridged = True
-        job.host = self._host
+        job.host = host
         self._bridge_jobs.add(job)
         if ROUTER.address is not None:
             ROUTER.sinks[call_id] = job.sink
@@ -359,6 +359,33 @@ class Pool:
             job.deadline = now + self.options.timeout * (1 if job.kind != "chunk" else job.n)
         self.meter.dispatched(job.n)
         return True
+
+    def _stand_in_locked(self, job: Job, starting: int, ready: int, prewarm: int):
+        """The claimed stand-in with room for ``job`` (claiming more as needed), or None: a
+        function's calls share one stand-in, as many at once as replica slots are starting;
+        a class gets one stand-in (one instance) per starting replica."""
+        o = self.options
+        if self.kind == "class":
+            if starting <= 0:
+                return None
+            want = min(starting, o.max_replicas)
+            cap = o.concurrency + (1 if job.pipelined else 0)
+        else:
+            want = 1 if starting > 0 or not ready else 0
+            cap = max(0 if ready else prewarm, starting * o.concurrency)
+        while len(self._hosts) < want:
+            host = bridge.claim(self.key)
+            if host is None:
+                break
+            self._hosts.append(host)
+        if not self._hosts:
+            return None
+        load = {id(h): 0 for h in self._hosts}
+        for j in self._bridge_jobs:
+            if j.host is not None:
+                load[id(j.host)] = load.get(id(j.host), 0) + 1
+        host = min(self._hosts, key=lambda h: load[id(h)])
+        return host if load[id(host)] < cap else None
 
     def _drain_locked(self) -> list[Job]:
         """Dispatch queued jobs to replicas with room; returns the jobs handled."""
@@ -520,8 +547,8 @@ class Pool:
 
     def _retire_host(self, host: bridge.Host) -> None:
         with self.lock:
-            if self._host is host:
-                self._host = None
+            if host in self._hosts:
+                self._hosts.remove(host)
         bridge.retire(host)
 
     def _cancelled(self, job: Job, *, was_queued: bool) -> None:
@@ -631,7 +658,7 @@ class Pool:
         rep = Rep(rid, actor)
         self.reps[rid] = rep
         _on_ready(actor.ping.remote(), self._on_placed, rep)
-        load = actor.load.remote(self._spec_ref)
+        load = actor.load.remote(self._spec_ref, bool(self._hosts))
         _on_ready(load, self._on_loaded, rep)
 
     def _on_placed(self, rep: Rep, fut: Any) -> None:
@@ -726,25 +753,23 @@ class Pool:
                 for rep in list(self.reps.values()):
                     if rep.state == "pending" and len(self._live()) > keep:
                         self._stop_locked(rep)
-            host = self._host
+            idle_hosts: list[bridge.Host] = []
             if (
-                host is not None
+                self._hosts
                 and not self._bridge_jobs
                 and (
                     self.closed
                     or not any(r.state in ("pending", "loading") for r in self.reps.values())
                 )
-            ):
-                self._host = None  # its replicas are ready (or gone): no stand-in needed
-            else:
-                host = None
+            ):  # its replicas are ready (or gone): no stand-in needed
+                idle_hosts, self._hosts = self._hosts, []
             if o.timeout is not None:
                 pnow = time.perf_counter()
                 for rep in self.reps.values():
                     expired += [j for j in rep.jobs if j.deadline and pnow > j.deadline]
                 expired += [j for j in self._bridge_jobs if j.deadline and pnow > j.deadline]
             self._scale_locked()
-        if host is not None:
+        for host in idle_hosts:
             bridge.retire(host)
         for job in expired:
             self._on_timeout(job)
@@ -794,8 +819,8 @@ class Pool:
             running = [j for r in self.reps.values() for j in r.jobs]
             for rep in list(self.reps.values()):
                 self._stop_locked(rep)
-            host, self._host = self._host, None
-        if host is not None:
+            hosts, self._hosts = self._hosts, []
+        for host in hosts:
             bridge.retire(host)
         for job in queued:
             self._cancelled(job, was_queued=True)

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
@@ -131,6 +132,24 @@ def _install_streams() -> None:
         sys.stderr = _Stream("stderr", sys.stderr)
 
 
+@contextmanager
+def idle_priority():
+    """Run the block on CPU nobody else wants (Linux SCHED_IDLE, this thread only), e.g. a
+    replica's imports while a stand-in serves its calls; a no-op where not available."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
+
+
 def _format_tb(exc: BaseException, names: dict[str, str], skip: int = 1) -> str:
     tb = exc.__traceback__
     for _ in range(skip):
@@ -160,8 +179,15 @@ class Replica:
     def ping(self) -> dict[str, Any]:
         return {"t_start": self.t_start, "pid": os.getpid(), "node": _node_ip()}
 
-    def load(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Build the function or class instance: the replica's cold start."""
+    def load(self, spec: dict[str, Any], background: bool = False) -> dict[str, Any]:
+        """Build the function or class instance: the replica's cold start; ``background``
+        when a stand-in serves the calls meanwhile (then on otherwise idle CPU only)."""
+        if background:
+            with idle_priority():
+                return self._load(spec)
+        return self._load(spec)
+
+    def _load(self, spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         import linecache
 
