@@ -321,9 +321,9 @@ class Pool:
         self.meter.dispatched(job.n)
 
     def _bridge_locked(self, job: Job) -> bool:
-        """Run ``job`` on a stand-in while replicas start (see bridge.py): on the pool's
-        claimed stand-in as many at once as replica slots are starting, else as a task on a
-        prestarted worker while no replica is ready. Returns whether it was sent."""
+        """Run ``job`` on a stand-in while replicas start (see bridge.py): on one the pool
+        has claimed, else (a function without a ready replica) as a task on a prestarted
+        worker, at most ``prewarm`` at once. Returns whether it was sent."""
         prewarm = settings.get("prewarm")
         if not self._can_bridge or not prewarm:
             return False
@@ -360,7 +360,9 @@ class Pool:
         self.meter.dispatched(job.n)
         return True
 
-    def _stand_in_locked(self, job: Job, starting: int, ready: int, prewarm: int):
+    def _stand_in_locked(
+        self, job: Job, starting: int, ready: int, prewarm: int
+    ) -> bridge.Host | None:
         """The claimed stand-in with room for ``job`` (claiming more as needed), or None: a
         function's calls share one stand-in, as many at once as replica slots are starting;
         a class gets one stand-in (one instance) per starting replica."""

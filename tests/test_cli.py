@@ -51,9 +51,9 @@ def test_run_prints_the_report_and_stores_it_in_the_metadata(tmp_path, cluster_a
     assert rows["tally"]["kind"] == "cell" and rows["tally"]["invocations"] == 1
     for key in ("p50_ms", "p95_ms", "p99_ms", "peak_replicas", "cost", "always_on_cost"):
         assert key in rows["double"]
-    # the map may finish on Ray's prestarted workers before the replica is up (bridge.py):
-    # either way its time is billed
-    assert rows["double"]["peak_replicas"] <= 1 and rows["double"]["cost"] > 0
+    # the map may finish on a stand-in before its replicas are up (bridge.py): either way
+    # its time is billed, and no more replicas start than there are items
+    assert rows["double"]["peak_replicas"] <= 5 and rows["double"]["cost"] > 0
     assert report["text"] in printed  # the same report, printed and stored
     assert report["estimate"] is True and report["prices"]["source"]
     json.dumps(report, allow_nan=False)  # strict JSON

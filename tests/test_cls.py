@@ -29,6 +29,7 @@ class Counter:
 
 
 def test_handle_creates_no_replica_until_called(ray_cluster):
+    nbs.config(prewarm=0)  # the first call waits for its replica (stand-ins: test_bridge.py)
     c = Counter(10)
     assert c.stats().replicas == 0 and c.stats().invocations == 0
     assert c(1) == 11
@@ -36,6 +37,7 @@ def test_handle_creates_no_replica_until_called(ray_cluster):
 
 
 def test_init_runs_once_per_replica_and_state_persists(ray_cluster):
+    nbs.config(prewarm=0)
     c = Counter(100)
     assert [c(i) for i in range(3)] == [100, 101, 102]
     assert c.calls() == 3

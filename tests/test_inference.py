@@ -85,6 +85,7 @@ def test_map_hands_replicas_full_batches(ray_cluster, ordered):
 def test_the_next_batch_waits_on_the_replica_while_one_runs(ray_cluster):
     """On a one-replica pool, a second batch is already sent to the replica while the first
     runs (the meter counts both in flight), and batches run back to back there."""
+    nbs.config(prewarm=0)  # the replica itself, not a stand-in while it starts
     h = Stamps()
     n_batches = 12
     out: list = []
@@ -191,8 +192,10 @@ def test_gpus_on_a_cluster_without_gpus_fail_at_once_naming_the_gpu(ray_cluster,
 
 
 def test_memory_request_reaches_rays_scheduler(ray_cluster):
+    nbs.config(prewarm=0)  # on the replica, not on a stand-in while it starts
+
     @nbs.remote(cpus=0.25, memory="512MiB")
-    class Model:  # a class: its calls always run on a replica
+    class Model:
         def assigned(self):
             import ray
 
@@ -252,6 +255,7 @@ class MiniLM:
 def test_the_real_model_in_a_class_replica_matches_the_model_in_process(ray_cluster, monkeypatch):
     import numpy as np
 
+    nbs.config(prewarm=0)  # in a replica (stand-ins are tests/test_bridge.py's)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sentences = _pydoc_sentences(20)
     assert len(sentences) == 20
