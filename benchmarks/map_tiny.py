@@ -13,7 +13,17 @@ import os
 import sys
 import time
 
-from ._common import CLUSTER, Side, add_rows, interleave, need, notebook_def, ratio, wait_until
+from ._common import (
+    CLUSTER,
+    Side,
+    add_rows,
+    interleave,
+    need,
+    notebook_def,
+    ratio,
+    wait_until,
+    wait_warm,
+)
 
 SC = "map_tiny"
 
@@ -63,8 +73,12 @@ def run(ctx) -> None:
         prewarm = nbs.config.get("prewarm")
         nbs.config(prewarm=0)  # warm-up on the replicas themselves
         list(nbs_side.f.map(range(2_000), progress=False))
-        wait_until(lambda: nbs_side.f.stats()["replicas"] >= 2, 60, 0.05)
+        # both replicas READY ("replicas" also counts one still starting, whose process start
+        # would compete with the timed map); internal state, read only
+        pool = nbs_side.f._get_pool()
+        wait_until(lambda: sum(r.state == "ready" for r in pool.reps.values()) >= 2, 60, 0.05)
         nbs.config(prewarm=prewarm)
+        wait_warm()  # prewarm=0 retired the stand-ins: their restart is no part of the map
         return _timed(lambda n: nbs_side.f.map(range(n), progress=False), n_big)
 
     nbs_side = Side("nbs f.map (warm replicas)", nbs_one, setup=nbs_setup)
