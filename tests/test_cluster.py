@@ -30,16 +30,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_attach_to_existing_cluster_quietly_and_shut_down(ray_cluster, subprocess_env):
+def _run(script: str, env: dict) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """Run ``script`` in a fresh interpreter; its ``key value`` output lines as a dict."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180
     )
+    return proc, dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+
+
+def test_attach_to_existing_cluster_quietly_and_shut_down(ray_cluster, subprocess_env):
+    proc, lines = _run(SCRIPT, subprocess_env)
     assert proc.returncode == 0, proc.stderr
-    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
     assert lines["result"] == "42"
     assert lines["address"] == ray_cluster  # the same cluster, not a new one
     assert lines["after"] == "False 0"  # disconnected, scaled to zero
@@ -123,15 +124,8 @@ LOAD_EXT = textwrap.dedent(
 def test_load_ext_leaves_importing_ray_to_the_background_connect(subprocess_env):
     # Importing Ray takes about a second of CPU: %load_ext returns without it, the connect
     # thread imports it, and the kernel's first call waits for that import.
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_EXT],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc, lines = _run(LOAD_EXT, subprocess_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
     assert lines["load_ext"] == "imported ray in the kernel's thread: False"
     assert lines["completion"] == "True"  # nbs.remote is offered before its first use
     assert lines["result"] == "2 nbserverless-connect"
