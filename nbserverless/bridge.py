@@ -190,7 +190,7 @@ _StemCellActor = ray.remote(StemCell)
 class Host:
     """The kernel's view of one stand-in process."""
 
-    __slots__ = ("hid", "actor", "ready", "owner", "warmed", "warming")
+    __slots__ = ("hid", "actor", "ready", "owner", "warmed", "warming", "reservation")
 
     def __init__(self, hid: str, actor: Any):
         self.hid = hid
@@ -199,6 +199,7 @@ class Host:
         self.owner: str | None = None
         self.warmed: set[str] = set()  # packages and env names sent to it
         self.warming: Any = None  # ObjectRef of the last warm-up sent
+        self.reservation: Any = None  # placement group holding a class replica's resources
 
 
 class _Stock:
@@ -319,9 +320,18 @@ def task_eligible(options: Options, kind: str) -> bool:
     return kind in ("function", "cell") and eligible(options, kind) and not options.env
 
 
-def claim(key: str) -> Host | None:
-    """A warm stand-in for the pool ``key``, now serving only it; None if none is warm."""
-    return STOCK.claim(key)
+def claim(key: str, slot: Options | None = None) -> Host | None:
+    """A warm stand-in for the pool ``key``, now serving only it; None if none is warm. With
+    ``slot`` (a class's options) it holds one replica's resources while it serves: a placement
+    group reserves them in Ray's scheduler, as the replica it replaces would have."""
+    host = STOCK.claim(key)
+    if host is not None and slot is not None:
+        bundle = {"CPU": slot.cpus, "memory": slot.memory or 0}
+        try:
+            host.reservation = ray.util.placement_group([{k: v for k, v in bundle.items() if v}])
+        except Exception:
+            host.reservation = None  # e.g. cpus=0: nothing to hold
+    return host
 
 
 def retire(host: Host) -> None:
@@ -336,6 +346,12 @@ def retire(host: Host) -> None:
         ray.kill(host.actor, no_restart=True)
     except Exception:
         pass
+    if host.reservation is not None:
+        try:
+            ray.util.remove_placement_group(host.reservation)
+        except Exception:
+            pass
+        host.reservation = None
 
 
 def submit(

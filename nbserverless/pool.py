@@ -376,7 +376,7 @@ class Pool:
             want = 1 if starting > 0 or not ready else 0
             cap = max(0 if ready else prewarm, starting * o.concurrency)
         while len(self._hosts) < want:
-            host = bridge.claim(self.key)
+            host = bridge.claim(self.key, o if self.kind == "class" else None)
             if host is None:
                 break
             self._hosts.append(host)
@@ -621,7 +621,10 @@ class Pool:
     def _scale_locked(self) -> None:
         if not self._feasible or self.closed:
             return
-        for _ in range(self._wanted_locked() - len(self._live())):
+        # a class's stand-in holds its slot (and its reservation, bridge.reserve) until it
+        # retires: a replica started for that slot would only compete with it for the node
+        covered = len(self._hosts) if self.kind == "class" else 0
+        for _ in range(self._wanted_locked() - len(self._live()) - covered):
             self._start_locked()
 
     def _wanted_locked(self, extra: int = 0) -> int:

@@ -222,14 +222,19 @@ def test_a_class_runs_on_its_stand_in_one_call_at_a_time_on_one_instance(ray_clu
             return os.getpid(), id(self), self.calls, self.most
 
     counter = Counter()
-    results = [f.result(timeout=90) for f in [counter.submit(i) for i in range(6)]]
-    stand_in_pid = results[0][0]  # no replica can be ready at the first call: the stand-in
+    futures = [counter.submit(i) for i in range(6)]
     pool = counter._get_pool()
+    (stand_in,) = pool._hosts  # prewarm=1: one stand-in, holding one replica's resources
+    assert stand_in.reservation is not None
+    results = [f.result(timeout=90) for f in futures]
+    stand_in_pid = results[0][0]  # no replica can be ready at the first call: the stand-in
+    assert pool.starts == 1  # max_replicas=2: a replica only for the slot it does not cover
     on_it = [r for r in results if r[0] == stand_in_pid]
     assert len({r[1] for r in on_it}) == 1  # __init__ ran once there: one instance
     assert sorted(r[2] for r in on_it) == list(range(1, len(on_it) + 1))  # its state kept
     assert max(r[3] for r in on_it) == 1  # concurrency=1 holds on the stand-in too
     wait_until(lambda: not pool._hosts, timeout=90, what="the stand-in to retire")
+    assert stand_in.reservation is None  # its placement group removed with it
     assert counter(0)[0] != stand_in_pid
 
 
