@@ -135,8 +135,11 @@ def _install_streams() -> None:
 @contextmanager
 def idle_priority():
     """Run the block on CPU nobody else wants (Linux SCHED_IDLE, this thread only), e.g. a
-    replica's imports while a stand-in serves its calls; a no-op where not available."""
+    replica's imports while a stand-in serves its calls; a no-op where not available, or where
+    this thread could not switch back afterwards (unprivileged, RLIMIT_NICE too low)."""
     try:
+        if not _can_leave_idle():
+            raise OSError("could not switch back")
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         yield
@@ -148,6 +151,20 @@ def idle_priority():
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         except OSError:
             pass
+
+
+def _can_leave_idle() -> bool:
+    """Linux lets a thread leave SCHED_IDLE if privileged or if its niceness is within the
+    range RLIMIT_NICE permits (niceness ≥ 20 − limit)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+        return soft == resource.RLIM_INFINITY or os.getpriority(os.PRIO_PROCESS, 0) >= 20 - soft
+    except (AttributeError, ImportError, OSError, ValueError):
+        return False
 
 
 def _format_tb(exc: BaseException, names: dict[str, str], skip: int = 1) -> str:
