@@ -309,7 +309,7 @@ def _placed(host: Host, fut: Any) -> None:
     STOCK.warm_all(host)
 
 
-def eligible(options: Options, kind: str) -> bool:
+def eligible(options: Options) -> bool:
     """Pools without GPUs and without ``pip=`` packages."""
     return not options.gpus and not options.pip
 
@@ -317,7 +317,7 @@ def eligible(options: Options, kind: str) -> bool:
 def task_eligible(options: Options, kind: str) -> bool:
     """What may also run on Ray's shared prestarted workers: functions and cells without
     ``env=`` (a class's instance belongs to a process of its own)."""
-    return kind in ("function", "cell") and eligible(options, kind) and not options.env
+    return kind in ("function", "cell") and eligible(options) and not options.env
 
 
 def claim(key: str, slot: Options | None = None) -> Host | None:

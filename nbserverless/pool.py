@@ -191,7 +191,7 @@ class Pool:
         self._hosts: list[bridge.Host] = []  # this pool's claimed stand-ins
         self.last_demand = time.monotonic()
         self.starts = 0  # replicas ever requested (scale-up decisions)
-        self._can_bridge = bridge.eligible(options, kind)
+        self._can_bridge = bridge.eligible(options)
         self._can_task = bridge.task_eligible(options, kind)
         self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
         _registry.add(self)
@@ -332,9 +332,9 @@ class Pool:
             return False  # nothing starting: the work waits for a ready replica
         starting = self._wanted_locked(extra=1) - ready  # counting what this job starts
         host = self._stand_in_locked(job, starting, ready, prewarm)
-        if host is None and (self._hosts or not self._can_task or ready):
-            return False
-        if host is None and len(self._bridge_jobs) >= prewarm:
+        if host is None and (  # a task on Ray's prestarted workers instead?
+            self._hosts or not self._can_task or ready or len(self._bridge_jobs) >= prewarm
+        ):
             return False
         job.call_id = call_id = next(_call_ids)
         job.t_dispatch = now = time.perf_counter()

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import cluster
+
 if TYPE_CHECKING:
     from .pool import Job, Pool
 
@@ -125,8 +127,6 @@ class Supervisor:
             self._cancels = [c for c in self._cancels if c[0] > now]
         for _, pool, job in due:
             pool.force_cancel(job)
-        from . import cluster
-
         if cluster.address() is not None:
             from . import bridge  # it imports this module
 
