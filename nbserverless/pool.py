@@ -437,7 +437,15 @@ class Pool:
 
     def _finish(self, job: Job, result: Any) -> None:
         """A job's reply (an envelope) or failure (a Ray exception) arrived."""
-        ROUTER.sinks.pop(job.call_id, None)
+        call_id = job.call_id  # a retry dispatches the job again under a new one
+        try:
+            self._settle(job, result)
+        finally:
+            # only now: frames streamed just before the reply may still arrive while
+            # job.sink.finish waits for them
+            ROUTER.sinks.pop(call_id, None)
+
+    def _settle(self, job: Job, result: Any) -> None:
         if isinstance(result, DEATH_ERRORS):
             if job.host is not None:
                 self._retire_host(job.host)
