@@ -385,7 +385,7 @@ class Cluster:
         if self.nbs is None:
             return
         try:
-            from nbserverless import pool
+            from nbserverless.core import pool
 
             pool.scale_all_to_zero()
         except Exception:
@@ -419,7 +419,7 @@ def wait_warm(timeout: float = 30.0) -> float | None:
     """Between nbs rounds: wait (bounded) until ``prewarm`` stand-ins are warm again and done
     importing the kernel's packages, as they are in a notebook between cells (a claimed one
     is replaced in the background)."""
-    from nbserverless import bridge
+    from nbserverless.core import warm as bridge
 
     return wait_until(bridge.STOCK.settled, timeout)
 

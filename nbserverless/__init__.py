@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import cluster
 from . import settings as _settings
+from .core import cluster
 from .errors import (
     CallTimeoutError,
     CancelledError,
@@ -30,7 +30,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .function import remote
+    from .handles.remote import remote
 
 __version__ = "0.1.0"
 
@@ -55,7 +55,11 @@ def __getattr__(name: str) -> Any:
     # ``remote`` brings Ray with it (a second of CPU to import): on first use, so that
     # ``%load_ext nbserverless`` returns at once and imports Ray in the background.
     if name == "remote":
-        from .function import remote
+        from .handles import mapping
+        from .handles.remote import remote
+        from .notebook import progress
+
+        mapping.progress_factory = progress.progress_bar
 
         globals()["remote"] = remote
         return remote
@@ -72,7 +76,7 @@ def connect(address: str | None = None, *, token: str | None = None) -> str:
     Example: ``nbs.connect()``; ``nbs.connect("ray://head:10001")``; ``nbs.connect("auto")``.
     """
     address = cluster.connect(address, token=token)
-    from .supervisor import SUPERVISOR
+    from .core.loop import SUPERVISOR
 
     SUPERVISOR.ensure_running()  # keeps the stand-ins warm (bridge.py)
     return address
@@ -107,7 +111,7 @@ def prices(**table: Any) -> Any:
 
     Example: ``nbs.prices(cpu=0.000024, gpu={"A100": 0.0011})``.
     """
-    from . import pricing
+    from .metering import pricing
 
     if table:
         pricing.set_prices(**table)
@@ -116,15 +120,15 @@ def prices(**table: Any) -> Any:
 
 def dashboard() -> Any:
     """The live dashboard: every function of this kernel and the cluster."""
-    from . import widgets
+    from .notebook import widgets
 
     return widgets.dashboard()
 
 
 def shutdown() -> None:
     """Scale everything to zero and disconnect (the embedded cluster stops)."""
-    from . import pool
-    from .output import ROUTER
+    from .core import pool
+    from .core.output import ROUTER
 
     pool.close_all()
     pool.SUPERVISOR.stop()
@@ -136,12 +140,12 @@ def shutdown() -> None:
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext nbserverless``: magics, inline widgets, the lab comm, and the cluster
     starting in the background so the first cell does not wait for all of it."""
-    from . import extension
+    from .notebook import extension
 
     extension.load(ip)
 
 
 def unload_ipython_extension(ip: Any) -> None:
-    from . import extension
+    from .notebook import extension
 
     extension.unload(ip)

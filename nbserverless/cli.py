@@ -61,8 +61,8 @@ stops it when the run ends (nothing keeps running, even if the kernel dies).
 
 def kernel_report() -> None:
     """Print the meter snapshot of this kernel on stdout after ``MARK`` (runs in the kernel)."""
-    from . import cluster
-    from .meter import METER
+    from .core import cluster
+    from .metering.meter import METER
 
     data = {"meter": METER.snapshot(), "cluster": cluster.summary()}
     print(MARK + json.dumps(data, default=str))
@@ -109,7 +109,7 @@ def build_report(data: dict[str, Any], failed: dict[str, Any] | None, wall_s: fl
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed form of a report: one row per function, totals, the price source."""
-    from .render import ESTIMATE_NOTE, money, ms, table_text
+    from .notebook.render import ESTIMATE_NOTE, money, ms, table_text
 
     def pct(x: Any) -> str:
         return f"{x:.0%}" if isinstance(x, int | float) and x else "-"
@@ -251,7 +251,7 @@ async def run_notebook(
 def _embedded_cluster(address: str | None) -> tuple[str | None, bool]:
     """The address the kernel should use; starts the embedded cluster here (in this process's
     main thread, so it lives exactly as long as the run) when no address is configured."""
-    from . import cluster
+    from .core import cluster
 
     if address or any(os.environ.get(v, "").strip() for v in cluster.ADDRESS_ENV_VARS):
         return address, False
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         report, failure_text = asyncio.run(run_notebook(nb, cwd, address, timeout, kernel))
     finally:
         if owned:
-            from . import cluster
+            from .core import cluster
 
             cluster.disconnect()
     nb.metadata["nbserverless"] = report

@@ -10,9 +10,8 @@ import time
 import pytest
 
 import nbserverless as nbs
-from nbserverless import cluster, pool
+from nbserverless.core import cluster, pool
 
-#: logical CPUs of the test cluster (replicas mostly ask for a fraction of one)
 TEST_CPUS = 4
 
 

@@ -204,9 +204,8 @@ def screenshot(out: Path, timeout_ms: int = 120_000) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     import nbserverless as nbs
-    from nbserverless import cluster
+    from nbserverless.core import cluster
 
-    # the kernel attaches to a cluster this process owns, as in the tests
     temp_dir = tempfile.mkdtemp(prefix="nbs-shot-", dir="/tmp")
     cluster.connect(temp_dir=temp_dir, num_cpus=4)
     server = LabServer({"NBSERVERLESS_ADDRESS": ray.get_runtime_context().gcs_address})

@@ -10,8 +10,8 @@ import ray
 from conftest import wait_until
 
 import nbserverless as nbs
-from nbserverless import bridge
-from nbserverless.meter import METER
+from nbserverless.core import warm as bridge
+from nbserverless.metering.meter import METER
 
 
 def test_first_call_does_not_wait_for_a_replica(ray_cluster):
@@ -120,7 +120,7 @@ def test_bridged_calls_do_not_wait_for_cpus_held_by_replicas(ray_cluster, tmp_pa
 
 
 def _warm(n: int) -> None:
-    from nbserverless.supervisor import SUPERVISOR
+    from nbserverless.core.loop import SUPERVISOR
 
     SUPERVISOR.ensure_running()  # as nbs.connect() and %load_ext do (conftest connects lower)
     wait_until(lambda: sum(h.ready for h in bridge.STOCK.warm) == n, timeout=60,

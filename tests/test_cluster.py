@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import nbserverless as nbs
-from nbserverless import cluster
+from nbserverless.core import cluster
 
 SCRIPT = textwrap.dedent(
     """
@@ -71,7 +71,7 @@ def test_config_validates_keys(ray_cluster):
 EMBEDDED = textwrap.dedent(
     """
     import os, tempfile
-    from nbserverless import cluster
+    from nbserverless.core import cluster
     cluster.connect(background=True, temp_dir=tempfile.mkdtemp(prefix="nbs-bg-", dir="/tmp"))
     import nbserverless as nbs
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from nbserverless import comm as nbs_comm
+from nbserverless.notebook import comm as nbs_comm
 
 TARGET = "nbserverless"
 
@@ -126,7 +126,7 @@ def fn(snap, name):
 
 # Records calls into the kernel's real meter the way the pool does (no Ray needed).
 FEED = """
-from nbserverless.meter import METER
+from nbserverless.metering.meter import METER
 _fm = METER.function({key!r}, name={key!r}, kind="function")
 _fm.submitted({n}); _fm.dispatched({n})
 _fm.finished({n}, errors=0, total_s=0.002, exec_s=0.002)
@@ -199,7 +199,7 @@ def test_rate_limited(kernel, kernel_comm_id):
     # The kernel records calls continuously for 2 s (≈ thousands of versions).
     kernel.execute(
         "import time as _t\n"
-        "from nbserverless.meter import METER\n"
+        "from nbserverless.metering.meter import METER\n"
         "_fm = METER.function('busy', name='busy', kind='function')\n"
         "_end = _t.monotonic() + 2.0\n"
         "_n = 0\n"
@@ -302,10 +302,10 @@ def test_reload_of_same_tab_closes_its_old_comm(kernel, kernel_comm_id):
 
 def test_unload_closes_comms_and_stops_sending(kernel, kernel_comm_id):
     """Runs last: %unload_ext closes every comm; %load_ext again opens a fresh one."""
-    assert kernel.eval("__import__('nbserverless.comm').comm.running()") is True
+    assert kernel.eval("__import__('nbserverless.notebook.comm', fromlist=['comm']).running()") is True
     kernel.execute("%unload_ext nbserverless")
     kernel.wait_iopub(closed(kernel_comm_id), timeout=10)
-    assert kernel.eval("__import__('nbserverless.comm').comm.running()") is False
+    assert kernel.eval("__import__('nbserverless.notebook.comm', fromlist=['comm']).running()") is False
     kernel.execute(FEED.format(key="after_stop", n=1))
     assert [m for m in kernel.drain(1.0) if snapshot_of(m)] == []
     # the target is gone too: a lab comm is closed at once again

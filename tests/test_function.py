@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_until
 
 import nbserverless as nbs
-from nbserverless.mapping import MAX_CHUNK
+from nbserverless.handles.mapping import MAX_CHUNK
 
 
 @nbs.remote

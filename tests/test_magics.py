@@ -12,9 +12,10 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
 import nbserverless as nbs
-from nbserverless import capture, magics, pricing
 from nbserverless.errors import SerializationError
-from nbserverless.meter import METER
+from nbserverless.metering import pricing
+from nbserverless.metering.meter import METER
+from nbserverless.notebook import capture, magics
 
 # ---- the analysis (no cluster) -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import nbserverless as nbs
-from nbserverless.mapping import MAX_CHUNK
+from nbserverless.handles.mapping import MAX_CHUNK
 
 N = 1_000_000
 RSS_LIMIT = 200 * 2**20

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from nbserverless import pricing
-from nbserverless.meter import FOLD_AT, METER, Meter
+from nbserverless.metering import pricing
+from nbserverless.metering.meter import FOLD_AT, METER, Meter
 
 QUANTILE_FIELDS = [
     f"{prefix}{q}_ms" for prefix in ("", "queue_", "cold_", "exec_") for q in ("p50", "p95", "p99")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbserverless import pricing
+from nbserverless.metering import pricing
 
 
 @pytest.fixture(autouse=True)

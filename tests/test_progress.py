@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from nbserverless import pricing
-from nbserverless.meter import Meter
-from nbserverless.progress import NullProgress, ProgressBar, progress_bar
+from nbserverless.metering import pricing
+from nbserverless.metering.meter import Meter
+from nbserverless.notebook.progress import NullProgress, ProgressBar, progress_bar
 
 
 class TTY(io.StringIO):

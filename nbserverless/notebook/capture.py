@@ -19,25 +19,19 @@ Example::
 from __future__ import annotations
 
 import ast
-import asyncio
-import builtins
 import hashlib
 import io
-import linecache
-import pickle
 import re
 import symtable
 import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
+from ..shipping import cell_display_name, dumps_value, notebook_sources
+from ..worker.cell import LAST_VALUE, compile_body, run_cell  # noqa: F401
 
-from .shipping import cell_display_name, dumps_value, notebook_sources
-
-LAST_VALUE = "<the cell's value>"
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
-_EXECUTOR_FILES = ("nbserverless/capture.py", "nbserverless\\capture.py")
+_EXECUTOR_FILES = ("nbserverless/worker/cell.py", "nbserverless\\worker\\cell.py")
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _UNCONDITIONAL = (
@@ -201,81 +195,6 @@ def analyze(source: str, filename: str = "<cell>") -> CellNames:
     return names
 
 
-def compile_body(source: str, filename: str) -> tuple[Any, Any | None, bool]:
-    """``(body, last, is_async)``: the statements, the final expression (or ``None``) compiled
-    separately so its value can be returned, and whether top-level ``await`` is used.
-
-    Example: ``compile_body("x = 1\nx + 1", "<cell 3>")[1]`` is the code of ``x + 1``."""
-    flags = 0
-    tree = ast.parse(source, filename, "exec")
-    last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
-    try:
-        body_code = compile(tree, filename, "exec", dont_inherit=True)
-        last_code = compile(last, filename, "eval", dont_inherit=True) if last else None
-    except SyntaxError:
-        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        body_code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
-        last_code = (
-            compile(last, filename, "eval", flags=flags, dont_inherit=True) if last else None
-        )
-    return body_code, last_code, bool(flags)
-
-
-def _run(code: Any, ns: dict, is_async: bool, mode: str) -> Any:
-    if mode == "exec" and not is_async:
-        exec(code, ns)  # the user's own cell
-        return None
-    value = eval(code, ns)  # an expression, or a body with top-level await (a coroutine)
-    if is_async and asyncio.iscoroutine(value):
-        return asyncio.run(value)
-    return value
-
-
-def run_cell(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell body on a replica (the executor every cell pool runs).
-
-    ``job``: ``source`` (padded so line numbers match the cell), ``filename`` (``<cell N>``),
-    ``lines`` (the whole cell, for tracebacks), ``sources`` (``{filename: lines}`` of shipped
-    notebook code), ``inputs`` (``{name: pickle}``), ``outputs`` (names to bring back),
-    ``exact`` (``--out`` given: report listed names that are missing), ``want_value``.
-    Returns ``{"outputs": {name: pickle}, "value": pickle | None, "failed": {name: why}}``.
-    """
-    filename = job["filename"]
-    for fn, lines in {**job.get("sources", {}), filename: job["lines"]}.items():
-        linecache.cache[fn] = (sum(map(len, lines)), None, list(lines), fn)
-    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    for name, blob in job["inputs"].items():
-        try:
-            ns[name] = pickle.loads(blob)
-        except Exception as exc:
-            raise type(exc)(
-                f"the notebook value {name!r} could not be rebuilt on the replica: {exc}"
-            ) from None
-    body, last, is_async = compile_body(job["source"], filename)
-    _run(body, ns, is_async, "exec")
-    value = _run(last, ns, is_async, "eval") if last is not None else None
-    outputs: dict[str, bytes] = {}
-    failed: dict[str, str] = {}
-    for name in job["outputs"]:
-        if name not in ns:
-            if job.get("exact"):
-                failed[name] = "the cell did not define it"
-            continue
-        try:
-            outputs[name] = cloudpickle.dumps(ns[name])
-        except Exception as exc:
-            failed[name] = f"{type(exc).__name__}: {exc}"
-    blob = None
-    if value is not None and job.get("want_value", True):
-        try:
-            blob = cloudpickle.dumps(value)
-        except Exception as exc:
-            failed[LAST_VALUE] = f"{type(exc).__name__}: {exc}"
-    return {"outputs": outputs, "value": blob, "failed": failed}
-
-
 # ---- kernel side ----------------------------------------------------------------------------
 
 
@@ -312,8 +231,8 @@ def pickle_inputs(shell: Any, reads: list[str]) -> tuple[dict[str, bytes], dict[
     ``SerializationError`` naming the value before anything is sent.
 
     Example: ``pickle_inputs(ip, ["data", "print"])`` -> ``({"data": b"..."}, {})``."""
-    from .cls import RemoteClass
-    from .function import RemoteFunction
+    from ..handles.cls import RemoteClass
+    from ..handles.function import RemoteFunction
 
     ns, hidden = shell.user_ns, shell.user_ns_hidden
     inputs: dict[str, bytes] = {}

@@ -27,22 +27,24 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from . import bridge, cluster, settings
-from .errors import (
+from .. import settings
+from ..errors import (
     CallTimeoutError,
     CancelledError,
     InfeasibleError,
     RemoteError,
     ReplicaDiedError,
 )
-from .meter import METER
-from .options import Options
+from ..metering.meter import METER
+from ..options import Options
+from ..shipping import diagnose_args
+from ..worker.replica import Replica
+from . import cluster
+from . import warm as bridge
+from .completions import on_ready as _on_ready
+from .loop import SUPERVISOR
+from .loop import registry as _registry
 from .output import ROUTER, Sink
-from .replica import Replica
-from .shipping import diagnose_args
-from .supervisor import SUPERVISOR
-from .supervisor import on_ready as _on_ready
-from .supervisor import registry as _registry
 
 log = logging.getLogger("nbserverless")
 

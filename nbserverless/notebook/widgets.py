@@ -28,8 +28,8 @@ import weakref
 from collections import deque
 from typing import Any
 
+from ..metering.meter import METER, FunctionMeter, Scope
 from . import render
-from .meter import METER, FunctionMeter, Scope
 
 __all__ = ["register", "unregister", "dashboard", "Dashboard", "InlineView", "rich_display"]
 
@@ -56,9 +56,9 @@ def rich_display(shell: Any = None) -> bool:
 def _inline_enabled() -> bool:
     """``nbs.config(inline=...)``; the session settings module is ``settings`` (was ``config``)."""
     try:
-        from . import settings
+        from .. import settings
     except ImportError:  # pragma: no cover - older layout
-        from . import config as settings  # type: ignore[no-redef]
+        from .. import config as settings  # type: ignore[no-redef]
     return bool(settings.get("inline"))
 
 
@@ -243,7 +243,7 @@ def _cluster() -> dict[str, Any]:
     zeros = {"address": "not connected", "nodes": 0, "cpus": 0, "cpus_used": 0,
              "gpus": 0, "gpus_used": 0}  # fmt: skip
     try:
-        from . import cluster
+        from ..core import cluster
 
         return {**zeros, **cluster.summary()}
     except Exception:

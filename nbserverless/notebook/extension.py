@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import cluster, comm, magics, widgets
-from .supervisor import SUPERVISOR
+from ..core import cluster
+from ..core.loop import SUPERVISOR
+from . import comm, magics, widgets
 
 log = logging.getLogger("nbserverless")
 

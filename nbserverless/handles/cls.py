@@ -21,10 +21,10 @@ import itertools
 import threading
 from typing import Any
 
-from .function import Invoker, PoolOwner, _Callable
-from .options import Options
-from .pool import Pool
-from .shipping import dumps_code, dumps_value, notebook_sources
+from ..core.pool import Pool
+from ..options import Options
+from ..shipping import dumps_code, dumps_value, notebook_sources
+from .invoker import Invoker, PoolOwner, _Callable
 
 _handle_ids = itertools.count(1)
 

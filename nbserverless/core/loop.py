@@ -1,22 +1,18 @@
-"""The kernel's background threads: the supervisor (keep-alive, timeouts, cancellation grace,
-giving way between pools) and the completion thread that handles Ray's replies.
+"""The kernel's tick thread (the supervisor): keep-alive, timeouts, cancellation grace, giving
+way between pools, and registered hooks (the warm stock's refill).
 
-Example: ``on_ready(ref, handler, subject)`` calls ``handler(subject, future)`` on our thread.
+Example: ``SUPERVISOR.ensure_running()``; ``SUPERVISOR.hooks.append(fn)``.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import cluster
-
-if TYPE_CHECKING:
-    from .pool import Job, Pool
 
 log = logging.getLogger("nbserverless")
 CANCEL_GRACE_S = 2.0
@@ -46,42 +42,6 @@ class _Registry:
 registry = _Registry()
 
 
-class _Completions:
-    """Runs completion handlers on one thread of ours. Ray's callback threads only enqueue:
-    a handler may take a pool lock, and a Ray thread blocked on it could stall Ray itself."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def put(self, handler: Callable, subject: Any, fut: Any) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="nbs-completions", daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put((handler, subject, fut))
-
-    def _run(self) -> None:
-        while True:
-            handler, subject, fut = self._queue.get()
-            try:
-                handler(subject, fut)
-            except Exception:
-                log.exception("nbserverless completion handler failed")
-
-
-COMPLETIONS = _Completions()
-
-
-def on_ready(ref: Any, handler: Callable, subject: Any) -> None:
-    """Call ``handler(subject, future)`` on our completion thread once ``ref`` resolves."""
-    ref.future().add_done_callback(lambda fut: COMPLETIONS.put(handler, subject, fut))
-
-
 class Supervisor:
     """One daemon thread per kernel: keep-alive, timeouts, cancellation grace, giving way."""
 
@@ -90,7 +50,8 @@ class Supervisor:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._cancels: list[tuple[float, Pool, Job]] = []
+        self._cancels: list[tuple[float, Any, Any]] = []
+        self.hooks: list[Callable[[float], None]] = []  # e.g. the warm stock's refill
         self._lock = threading.Lock()
 
     def ensure_running(self) -> None:
@@ -109,7 +70,7 @@ class Supervisor:
             t.join(5)
         self._thread = None
 
-    def watch_cancel(self, pool: Pool, job: Job) -> None:
+    def watch_cancel(self, pool: Any, job: Any) -> None:
         with self._lock:
             self._cancels.append((time.monotonic() + CANCEL_GRACE_S, pool, job))
 
@@ -128,9 +89,8 @@ class Supervisor:
         for _, pool, job in due:
             pool.force_cancel(job)
         if cluster.address() is not None:
-            from . import bridge  # it imports this module
-
-            bridge.STOCK.refill(now)
+            for hook in list(self.hooks):
+                hook(now)
         pools = registry.all()
         for pool in pools:
             pool.tick(now)

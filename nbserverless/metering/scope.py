@@ -3,7 +3,7 @@
 A ``Scope`` holds the deltas of every function since ``METER.open_scope()``: the inline widget
 of one notebook cell. Example::
 
-    >>> from nbserverless.meter import Meter
+    >>> from nbserverless.metering.meter import Meter
     >>> m = Meter(); fm = m.function("k", name="f")
     >>> scope = m.open_scope(); fm.submitted(); fm.dispatched(); fm.finished(1, total_s=0.01)
     >>> scope.close()["functions"][0]["invocations"]
@@ -13,14 +13,11 @@ of one notebook cell. Example::
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
 from . import pricing
-
-if TYPE_CHECKING:
-    from .meter import FunctionMeter, Meter
 
 __all__ = ["Scope"]
 
@@ -77,7 +74,7 @@ class Scope:
         scope = METER.open_scope(); f(1); final = scope.close(); final["functions"][0]["invocations"]
     """
 
-    def __init__(self, meter: Meter, gen: int, t: float) -> None:
+    def __init__(self, meter: Any, gen: int, t: float) -> None:
         self._meter = meter
         self.gen = gen
         self.opened = t
@@ -88,13 +85,13 @@ class Scope:
         for fm in meter.functions():
             self._base[id(fm)] = fm._raw(t)
 
-    def _sketches(self, fm: FunctionMeter) -> Sketches:
+    def _sketches(self, fm: Any) -> Sketches:
         sk = self._sk.get(id(fm))
         if sk is None:
             sk = self._sk[id(fm)] = Sketches()
         return sk
 
-    def _function(self, fm: FunctionMeter, now: float) -> dict[str, Any] | None:
+    def _function(self, fm: Any, now: float) -> dict[str, Any] | None:
         raw = fm._raw(now)
         base = self._base.get(id(fm))
         active = fm._gen >= self.gen or id(fm) in self._sk or id(fm) in self._peak

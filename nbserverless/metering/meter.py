@@ -28,10 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import pricing
-from .meter_scope import COUNTERS as _COUNTERS
-from .meter_scope import Scope, Sketches
-from .meter_scope import costs as _costs
-from .meter_scope import totals as _totals
+from .scope import COUNTERS as _COUNTERS
+from .scope import Scope, Sketches
+from .scope import costs as _costs
+from .scope import totals as _totals
 
 __all__ = ["METER", "Meter", "FunctionMeter", "Scope"]
 

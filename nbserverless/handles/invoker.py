@@ -1,29 +1,19 @@
-"""``@remote`` and the function handle: ``__call__``, ``local``, ``submit``, ``map``,
-``starmap``, ``stats``. Thin: it turns calls into pool jobs and results back into values.
+"""The call surface shared by function handles, class handles and their methods: calls,
+``submit``, ``map``, ``starmap``, ``stats``, and the pool a handle owns.
 
-Example::
-
-    @nbs.remote(cpus=0.5)
-    def square(x):
-        return x * x
-
-    square(3), list(square.map(range(4))), square.submit(2).result()
+Example: ``Invoker(handle, None, batched=False).call((3,), {})``.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import pickle
 import threading
 from concurrent.futures import Future
 from typing import Any
 
-from .errors import RemoteError, RemoteTraceback
-from .options import Options
-from .pool import Job, Pool
-from .replica import UserError
-from .shipping import dumps_code, notebook_sources
+from ..core.pool import Job, Pool
+from ..errors import RemoteError, RemoteTraceback
+from ..worker.replica import UserError
 
 
 def rebuild_error(value: Any) -> BaseException:
@@ -295,7 +285,7 @@ class PoolOwner:
 
     def _meter(self) -> Any:
         """This handle's meter (before its first call too)."""
-        from .meter import METER
+        from ..metering.meter import METER
 
         if self._pool_obj is not None:
             return self._pool_obj.meter
@@ -310,65 +300,3 @@ class PoolOwner:
         Example: ``f.stats().p50_ms``, ``f.stats()["cost"]``.
         """
         return Stats(self._meter().snapshot())
-
-
-class RemoteFunction(PoolOwner, _Callable):
-    """The handle ``@remote`` makes of a function."""
-
-    def __init__(self, fn: Any, options: Options):
-        functools.update_wrapper(self, fn)
-        self._fn = fn
-        self.options = self._options = options
-        self.name = options.name or fn.__qualname__
-        self._key = f"{self.name}#{id(self)}"
-        self._lock = threading.Lock()
-        self._invoker = Invoker(self, None, options.batch_size is not None)
-
-    def _new_pool(self) -> Pool:
-        code = dumps_code(self._fn, self.name)
-        sources = notebook_sources(self._fn)
-        return Pool(self.name, "function", code, sources, None, self.options, key=self._key)
-
-    def local(self, *args: Any, **kwargs: Any) -> Any:
-        """Run in this kernel, no cluster. Example: ``square.local(3)`` -> ``9``."""
-        return self._fn(*args, **kwargs)
-
-    def __reduce__(self):
-        # Inside a replica the handle's name refers to the plain function.
-        return (_identity, (self._fn,))
-
-    def __repr__(self) -> str:
-        return f"<nbserverless function {self.name}>"
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-def remote(obj: Any = None, /, **options: Any) -> Any:
-    """Make a function or class run on elastic replicas. Bare or with options.
-
-    Example::
-
-        @nbs.remote
-        def square(x): return x * x
-
-        @nbs.remote(max_replicas=2, batch_size=64)
-        class Embedder: ...
-    """
-    resolved = Options.resolve(**options)
-
-    def wrap(target: Any) -> Any:
-        if inspect.isclass(target):
-            from .cls import RemoteClass
-
-            return RemoteClass(target, resolved)
-        if callable(target):
-            return RemoteFunction(target, resolved)
-        raise TypeError(f"@remote applies to a function or a class, not {type(target).__name__}")
-
-    if obj is None:
-        return wrap
-    if options:
-        raise TypeError("use @remote or @remote(option=...), not both")
-    return wrap(obj)

@@ -30,14 +30,14 @@ from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from ..errors import RemoteError, RemoteTraceback, SerializationError
+from ..metering.meter import METER
+from ..options import Options
+from ..shipping import dumps_code
 from . import capture
-from .errors import RemoteError, RemoteTraceback, SerializationError
-from .meter import METER
-from .options import Options
-from .shipping import dumps_code
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from ..core.pool import Pool
 
 COMMANDS = ("status", "config", "connect", "prices", "reset", "shutdown")
 NOT_BACK = "nbserverless: not brought back: {items}"
@@ -97,7 +97,7 @@ class CellPool:
     _ids = itertools.count(1)
 
     def __init__(self, options: Options, name: str) -> None:
-        from .function import Invoker
+        from ..handles.invoker import Invoker
 
         self.options = options
         self.name = name
@@ -107,7 +107,7 @@ class CellPool:
         self._invoker = Invoker(self, None, False)
 
     def _get_pool(self) -> Pool:
-        from .pool import Pool
+        from ..core.pool import Pool
 
         with self._lock:
             if self._pool is None or self._pool.closed:
@@ -301,7 +301,7 @@ def _key_values(items: list[str]) -> list[tuple[str, str]]:
 
 
 def _config(items: list[str]) -> Any:
-    from . import settings
+    from .. import settings
 
     if not items:
         from .render import table_text
@@ -325,7 +325,7 @@ def _config(items: list[str]) -> Any:
 
 
 def _prices(items: list[str]) -> Any:
-    from . import pricing
+    from ..metering import pricing
 
     if items:
         kw: dict[str, Any] = {}

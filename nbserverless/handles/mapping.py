@@ -21,11 +21,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from . import settings
-from .output import Sink
-from .pool import Job, Pool
-from .progress import progress_bar
+from .. import settings
+from ..core.output import Sink
+from ..core.pool import Job, Pool
 
+#: ``progress_factory(total, name, meter, enabled)`` -> an object with ``update(done, errors)``
+#: and ``close(ok)``; the notebook layer sets it (``nbserverless.notebook.progress``).
+progress_factory: Any = None
 TARGET_CHUNK_S = 0.05
 MAX_CHUNK = 16384
 WAIT_SLICE_S = 0.5
@@ -74,7 +76,8 @@ class MapRun:
         self._max_jobs = 2 * o.max_replicas * (o.concurrency + 1)
         if progress is None:
             progress = settings.get("progress")
-        self._bar = progress_bar(total, pool.name, pool.meter, bool(progress))
+        factory = progress_factory or _NoProgress
+        self._bar = factory(total, pool.name, pool.meter, bool(progress))
         self._feeder_thread = threading.Thread(
             target=self._feeder, name="nbs-map-feeder", daemon=True
         )
@@ -277,3 +280,16 @@ class MapRun:
             self._feeder_thread.join(WAIT_SLICE_S)  # unless the input itself blocks
         for job in jobs:
             self.pool.cancel(job)
+
+
+class _NoProgress:
+    """No view is installed: progress is not shown."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def update(self, done: int, errors: int = 0) -> None:
+        pass
+
+    def close(self, ok: bool = True) -> None:
+        pass

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .output import Sink
-from .pool import DoneFn, Job, Pool
+from ..core.output import Sink
+from ..core.pool import DoneFn, Job, Pool
 
 
 class Batcher:

@@ -95,7 +95,7 @@ def _clean_dict(d: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]
 
 def _meter() -> Any:
     try:
-        from nbserverless.meter import METER
+        from nbserverless.metering.meter import METER
     except Exception:  # not written yet, or broken: the panel shows an empty table
         return None
     return METER
@@ -108,7 +108,7 @@ def _meter_version() -> Any:
 
 def _cluster_summary() -> dict[str, Any]:
     try:
-        from nbserverless import cluster
+        from nbserverless.core import cluster
 
         return _clean_dict(cluster.summary(), CLUSTER_FIELDS)
     except Exception:
@@ -163,7 +163,7 @@ def build_snapshot(
 
 
 def _scale_to_zero() -> None:
-    from nbserverless import pool
+    from nbserverless.core import pool
 
     pool.scale_all_to_zero()
 

@@ -1,0 +1,1 @@
+"""The kernel-side runtime: session, pools, scaling policy, replicas, warm stock, cluster."""

@@ -1,0 +1,1 @@
+"""Function and class handles: calls, maps and batches turned into pool requests."""

@@ -1,0 +1,1 @@
+"""Numbers: counters, latency sketches, replica lifetimes, cost. No UI."""

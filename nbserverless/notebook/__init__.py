@@ -1,0 +1,1 @@
+"""The notebook face: magics, capture, widgets, progress, the lab comm."""

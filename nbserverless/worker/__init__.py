@@ -1,0 +1,1 @@
+"""What runs on the cluster. Imports nothing from the kernel side."""
