@@ -202,7 +202,7 @@ def test_real_kernel_displays_the_widget_in_the_cell_and_sends_final_values():
 
     km, kc = start_new_kernel(kernel_name="python3")
     try:
-        setup = "from nbserverless import widgets\nfrom nbserverless.metering.meter import METER\n"
+        setup = "from nbserverless.notebook import widgets\nfrom nbserverless.metering.meter import METER\n"
         setup += "widgets.register(get_ipython())"
         assert kc.execute_interactive(setup, timeout=60)["content"]["status"] == "ok"
         msgs: list = []
