@@ -22,15 +22,13 @@ def simulate(arrivals, *, max_replicas=4, concurrency=1, service_ticks=3, start_
             if not r["busy"] and r["idle_since"] is None:
                 r["idle_since"] = float(t)
         ready = [r for r in replicas if r["ready_at"] <= t]
-        for r in ready:  # route: least loaded with room, as the pool does
-            while queue:
-                loads = [(i, len(x["busy"])) for i, x in enumerate(ready)]
-                i = policy.pick(loads, concurrency)
-                if i is None:
-                    break
-                ready[i]["busy"].append(service_ticks)
-                ready[i]["idle_since"] = None
-                queue -= 1
+        while queue:  # route: least loaded with room, as the pool does
+            i = policy.pick([(i, len(x["busy"])) for i, x in enumerate(ready)], concurrency)
+            if i is None:
+                break
+            ready[i]["busy"].append(service_ticks)
+            ready[i]["idle_since"] = None
+            queue -= 1
         d = Demand(queued=queue, running=sum(len(r["busy"]) for r in replicas),
                    live=len(replicas), ready=len(ready), concurrency=concurrency,
                    max_replicas=max_replicas, keep_alive=keep_alive)  # fmt: skip

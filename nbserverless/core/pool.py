@@ -296,6 +296,17 @@ class Pool(ReplicaSet):
         if rep is not None:
             self._stop_locked(rep)
 
+    def _take_locked(self, job: Job) -> bool:
+        """Take the right to settle ``job``: True once per job. A job queued again for a
+        retry leaves the queue, so it never starts after it was settled."""
+        if job.finished:
+            return False
+        job.finished = True
+        if job.ref is None and job in self.queue:
+            self.queue.remove(job)
+            self.meter.dispatched(job.n)
+        return True
+
     def _finish(self, job: Job, result: Any) -> None:
         """A job's reply (an envelope) or failure (a Ray exception) arrived."""
         call_id = job.call_id  # a retry dispatches the job again under a new one
@@ -304,10 +315,9 @@ class Pool(ReplicaSet):
             ROUTER.sinks.pop(call_id, None)
             return
         with self._locked():
-            if job.finished:
+            if not self._take_locked(job):
                 ROUTER.sinks.pop(call_id, None)
                 return
-            job.finished = True
             self._release_locked(job)
         if job.cancelled or isinstance(result, rex.TaskCancelledError):
             ROUTER.sinks.pop(call_id, None)
@@ -379,9 +389,8 @@ class Pool(ReplicaSet):
 
     def _on_timeout(self, job: Job) -> None:
         with self._locked():
-            if job.finished:
+            if not self._take_locked(job):  # from here no retry can start it again
                 return
-            job.finished = True  # from here no retry can start it again
             self._detach_locked(job)  # recycle: the call may still be running there
         err = CallTimeoutError(
             f"{self.name}: the call ran longer than timeout={self.options.timeout:g} s and was "
@@ -413,9 +422,8 @@ class Pool(ReplicaSet):
     def force_cancel(self, job: Job) -> None:
         """A cancelled call still running after its grace: remove its replica."""
         with self._locked():
-            if job.finished:
+            if not self._take_locked(job):
                 return
-            job.finished = True
             self._detach_locked(job)
         self._cancelled(job, was_queued=False)
         self._pump()
