@@ -27,7 +27,6 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from .. import settings
 from ..errors import CallTimeoutError, CancelledError, RemoteError, ReplicaDiedError
 from ..metering.meter import METER
 from ..options import Options
@@ -35,50 +34,17 @@ from ..shipping import diagnose_args
 from . import cluster, policy, warm
 from .completions import defer as _defer
 from .completions import on_ready as _on_ready
+from .jobs import DoneFn, Job
 from .loop import SUPERVISOR
 from .loop import registry as _registry
-from .output import ROUTER, Sink
+from .output import ROUTER
 from .replicas import DEATH_ERRORS, Rep, ReplicaSet, death_cause
+from .scaling import Scaling
 
 __all__ = ["DoneFn", "Job", "Pool", "all_pools", "close_all", "scale_all_to_zero"]
 
 DEFAULT_START_S = 1.0
-GIVE_WAY_AFTER_S = 0.3
 _call_ids = itertools.count(1)
-
-#: done(job, ok, value): value is the envelope's value (ok) or an exception (not ok)
-DoneFn = Callable[["Job", bool, Any], None]
-
-
-class Job:
-    """One request to a replica: a call, a batch of items, or a chunk of map items."""
-
-    __slots__ = ("kind", "method", "payload", "n", "star", "done", "sink", "t_submit",
-                 "t_dispatch", "cold", "attempts", "rep", "ref", "call_id", "deadline",
-                 "pipelined", "cancelled", "finished", "error", "exec_s")  # fmt: skip
-
-    def __init__(self, kind: str, method: str | None, payload: Any, n: int, done: DoneFn, *,
-                 star: bool = False, sink: Sink | None = None, pipelined: bool = False):  # fmt: skip
-        self.kind = kind
-        self.method = method
-        self.payload = payload  # opaque here: only _send reads it
-        self.n = n
-        self.star = star
-        self.done = done
-        self.sink = sink if sink is not None else Sink()
-        self.t_submit = time.perf_counter()
-        self.t_dispatch = 0.0
-        self.cold = False
-        self.attempts = 0
-        self.rep: Rep | None = None
-        self.ref: Any = None
-        self.call_id = 0
-        self.deadline: float | None = None
-        self.pipelined = pipelined
-        self.cancelled = False
-        self.finished = False  # settled: set once, under the pool lock
-        self.error: BaseException | None = None  # set when it could not be sent
-        self.exec_s = 0.0  # execution time the replica measured
 
 
 def _send(actor: Any, job: Job) -> Any:
@@ -91,7 +57,7 @@ def _send(actor: Any, job: Job) -> Any:
     return actor.chunk.remote(job.method, job.payload, job.star, job.call_id)
 
 
-class Pool(ReplicaSet):
+class Pool(Scaling, ReplicaSet):
     """The replicas of one function, class handle or cell, and their queue."""
 
     def __init__(self, name: str, kind: str, code: bytes, sources: dict, init: tuple | None,
@@ -444,107 +410,6 @@ class Pool(ReplicaSet):
         err = RemoteError(f"{self.name}: the pool failed: {type(exc).__name__}: {exc}")
         for job in failed:
             self._report(job, False, err, errors=job.n)
-
-    # -- scaling -----------------------------------------------------------------------------
-
-    def _demand_locked(self) -> policy.Demand:
-        o = self.options
-        ready = sum(1 for r in self.reps.values() if r.state == "ready")
-        warm_ok = self._can_claim and settings.get("prewarm") and warm.STOCK.available()
-        return policy.Demand(
-            queued=len(self.queue),
-            running=sum(r.outstanding for r in self.reps.values()),
-            live=len(self.reps),
-            ready=ready,
-            concurrency=o.concurrency,
-            max_replicas=o.max_replicas,
-            min_replicas=o.min_replicas if self.hold_min else 0,
-            queued_items=sum(j.n for j in self.queue),
-            item_s=self.item_s,
-            start_s=policy.CLAIM_S if warm_ok else self.start_s,
-            keep_alive=o.keep_alive,
-        )
-
-    def _scale_locked(self) -> None:
-        if not self._feasible or self.closed:
-            return
-        n = policy.replicas_to_add(self._demand_locked())
-        if n <= 0:
-            return
-        can = self._can_claim and bool(settings.get("prewarm"))
-        claims, starts = policy.plan_new(n, warm.STOCK.available() if can else 0, can)
-        for _ in range(claims):
-            host = warm.STOCK.claim()
-            if host is None:
-                starts += 1
-            else:
-                self._claim_locked(host)
-        for _ in range(starts):
-            self._start_locked()
-
-    def tick(self, now: float) -> None:
-        """Loop work: keep-alive, timeouts, unneeded starts, min_replicas, leaving the loop."""
-        expired: list[Job] = []
-        with self._locked():
-            d = self._demand_locked()
-            keep_alive = self.keep_alive_s(d, now)
-            ready = [(r, r.last_idle, r.outstanding) for r in self.reps.values()
-                     if r.state == "ready"]  # fmt: skip
-            for rep in policy.keep_alive_victims(ready, d.min_replicas, now, keep_alive):
-                self._stop_locked(rep)
-            idle_for = now - self.last_demand
-            pending = [r for r in self.reps.values() if r.state == "pending"]
-            cut = policy.unneeded_starts(len(pending), len(self.reps), d.min_replicas,
-                                         len(self.queue), idle_for, keep_alive)  # fmt: skip
-            for rep in pending[:cut]:
-                self._stop_locked(rep)
-            if self.options.timeout is not None:
-                pnow = time.perf_counter()
-                for rep in self.reps.values():
-                    expired += [j for j in rep.jobs if j.deadline and pnow > j.deadline]
-            self._scale_locked()
-            running = sum(r.outstanding for r in self.reps.values())
-            if policy.should_unregister(len(self.reps), len(self.queue), running, idle_for,
-                                        keep_alive) and not expired:  # fmt: skip
-                self._registered = False
-                _registry.remove(self)
-        for job in expired:
-            self._on_timeout(job)
-
-    def waiting_for_resources(self, now: float) -> bool:
-        """Work waits and a replica of ours has waited for placement a while, for want of
-        free resources: another pool's idle replica should give way."""
-        with self.lock:
-            waiting = bool(self.queue) and any(
-                r.state == "pending" and now - r.t_created > GIVE_WAY_AFTER_S
-                for r in self.reps.values()
-            )
-        if not waiting:
-            return False
-        free = cluster.summary()
-        o = self.options
-        return (
-            free["cpus"] - free["cpus_used"] < o.cpus - 1e-9
-            or free["gpus"] - free["gpus_used"] < o.gpus - 1e-9
-        )
-
-    def give_way(self) -> bool:
-        """Remove one idle replica (above min_replicas) for another pool's waiting work."""
-        with self._locked():
-            idle = [(r, r.last_idle, r.outstanding) for r in self.reps.values()
-                    if r.state == "ready"]  # fmt: skip
-            rep = policy.give_way_victim(idle, self.options.min_replicas if self.hold_min else 0)
-            if rep is not None:
-                self._stop_locked(rep)
-        return rep is not None
-
-    def scale_to_zero(self) -> None:
-        """Remove every idle replica, ``min_replicas`` ones too (until the next call)."""
-        with self._locked():
-            self.hold_min = False
-            for rep in list(self.reps.values()):
-                if rep.outstanding == 0:
-                    self._stop_locked(rep)
 
     def close(self) -> None:
         """Cancel queued work and remove every replica (session shutdown)."""
