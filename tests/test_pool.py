@@ -167,38 +167,43 @@ def test_settle_happens_once_under_racing_reply_timeout_cancel_and_death(ray_clu
 def test_a_slow_output_sink_does_not_stall_other_pools(ray_cluster):
     import threading
 
-    from nbserverless.core.completions import COMPLETIONS
     from nbserverless.core.output import Sink
     from nbserverless.core.pool import Job
 
     release = threading.Event()
 
-    class SlowSink(Sink):  # streamed frames that have not arrived: finish waits (up to 2 s)
-        def finish(self, rest, seq):
+    class SlowSink(Sink):
+        """A caller whose output stream is slow: streamed frames arrive late, and finishing
+        waits for them (the real one waits up to 2 s; this one until released)."""
+
+        def write(self, chunks):
             release.wait(60)
+            super().write(chunks)
+
+        def finish(self, rest, seq):
+            while seq and self.received < seq and not release.wait(0.05):
+                pass
+            super().finish(rest, seq)
 
     @nbs.remote(cpus=0.25, keep_alive=30)
-    def a(x):
+    def loud(x):
+        print("streamed")
+        time.sleep(0.6)  # longer than STREAM_AFTER_S: its output streams before the reply
         return x
 
     @nbs.remote(cpus=0.25, keep_alive=30)
-    def b(x):
+    def quiet(x):
         return x
 
-    assert a(0) == 0 and b(0) == 0
-    pool = a._get_pool()
+    assert loud(0) == 0 and quiet(0) == 0
     results = []
     job = Job("call", None, ((1,), {}), 1, lambda j, ok, v: results.append(v), sink=SlowSink())
-    pool.submit(job)
-    wait_until(lambda: job.ref is not None, what="dispatch")
-    import ray
-
-    ok, value, exec_s, rest, _ = ray.get(job.ref, timeout=60)
-    # the reply says one frame was streamed; run its settling on the completion thread
-    COMPLETIONS.put(lambda j, _: pool._finish(j, [ok, value, exec_s, rest, 1]), job, None)
+    loud._get_pool().submit(job)
     try:
-        assert b.submit(5).result(timeout=60) == 5  # another pool's completion went through
-        assert not results
+        wait_until(lambda: job.rep is not None and job not in job.rep.jobs, timeout=60,
+                   what="the reply of the slow-output call")  # fmt: skip
+        assert quiet.submit(5).result(timeout=60) == 5  # another pool's completion went on
+        assert not results  # while the slow one still waits for its output
     finally:
         release.set()
     wait_until(lambda: results == [1], what="the slow call settled")
@@ -214,10 +219,16 @@ def test_the_completion_thread_and_the_loop_stop_and_come_back(ray_cluster):
 
     assert ident.submit(1).result(timeout=120) == 1
     assert COMPLETIONS.alive()
+    ident._get_pool().close()  # as shutdown does: pools closed, then the threads stop
     COMPLETIONS.stop()
     SUPERVISOR.stop()
     assert not COMPLETIONS.alive() and SUPERVISOR._thread is None
-    assert ident.submit(2).result(timeout=60) == 2  # both start again on demand
+
+    @nbs.remote(cpus=0.25, keep_alive=30)
+    def again(x):
+        return x
+
+    assert again.submit(2).result(timeout=120) == 2  # both start again on demand
     assert COMPLETIONS.alive() and SUPERVISOR._thread is not None
 
 
@@ -330,6 +341,7 @@ def test_a_failing_pool_tick_stays_that_pools_and_others_keep_their_timeouts(ray
 
     class Broken:  # a pool whose tick raises (a bug): the loop contains it
         name = "broken"
+        closed = True  # (not one for close_all)
         failed: list = []
 
         def tick(self, now):
@@ -365,10 +377,10 @@ def test_pools_with_nothing_left_leave_the_loop_and_come_back(ray_cluster):
     from nbserverless.core.loop import registry
 
     handles = []
-    for i in range(20):
+    for i in range(6):
         fn = nbs.remote(cpus=0.1, keep_alive=0.2)(lambda x, i=i: x + i)
         handles.append(fn)
-    assert [f.submit(1).result(timeout=120) for f in handles] == [1 + i for i in range(20)]
+    assert [f.submit(1).result(timeout=120) for f in handles] == [1 + i for i in range(6)]
     pools = [f._get_pool() for f in handles]
     wait_until(lambda: not any(p in registry.all() for p in pools), timeout=60,
                what="idle pools to leave the loop")  # fmt: skip

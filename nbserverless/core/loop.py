@@ -64,6 +64,7 @@ class Supervisor:
         self._cancels: list[tuple[float, Any, Any]] = []
         self.hooks: list[Callable[[float], None]] = []  # e.g. the warm stock's refill
         self._lock = threading.Lock()
+        self._failing: set[int] = set()  # pools whose last tick failed (logged once)
 
     def ensure_running(self) -> None:
         with self._lock:
@@ -115,8 +116,13 @@ class Supervisor:
                 pool.tick(now)
                 if pool.waiting_for_resources(now):
                     waiting.append(pool)
+                self._failing.discard(id(pool))
             except Exception as exc:
-                log.exception("nbserverless: pool %s failed its tick", getattr(pool, "name", "?"))
+                if id(pool) not in self._failing:  # once, not 20 times a second
+                    self._failing.add(id(pool))
+                    log.exception(
+                        "nbserverless: pool %s failed its tick", getattr(pool, "name", "?")
+                    )
                 try:
                     pool.fail_all(exc)
                 except Exception:
