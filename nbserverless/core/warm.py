@@ -28,7 +28,7 @@ from ..metering.meter import METER
 from ..options import Options
 from ..worker.warm import WarmReplica
 from .completions import on_ready as _on_ready
-from .loop import SUPERVISOR
+from .loop import SUPERVISOR, registry
 
 REFILL_AFTER_S = 1.0  # after connecting, leave the first calls the whole machine
 #: packages of the kernel itself, of Ray and of tests: never worth importing in a warm replica
@@ -103,6 +103,8 @@ class _Stock:
             self.n_modules = len(sys.modules)
             self.warm_all()
         want = settings.get("prewarm") or 0
+        if len(self.warm) < want and any(getattr(p, "queue", None) for p in registry.all()):
+            return  # work is waiting: it gets the machine before new warm processes do
         with self.lock:
             extra = self.warm[want:]
             del self.warm[want:]
