@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import settings as _settings
-from .core import cluster
+from .core import cluster  # noqa: F401  (nbs.cluster: connection helpers)
 from .errors import (
     CallTimeoutError,
     CancelledError,
@@ -75,11 +75,9 @@ def connect(address: str | None = None, *, token: str | None = None) -> str:
 
     Example: ``nbs.connect()``; ``nbs.connect("ray://head:10001")``; ``nbs.connect("auto")``.
     """
-    address = cluster.connect(address, token=token)
-    from .core.loop import SUPERVISOR
+    from .core import session
 
-    SUPERVISOR.ensure_running()  # keeps the stand-ins warm (bridge.py)
-    return address
+    return session.connect(address, token=token)  # the loop keeps the warm stock filled
 
 
 class _Config:
@@ -127,14 +125,9 @@ def dashboard() -> Any:
 
 def shutdown() -> None:
     """Scale everything to zero and disconnect (the embedded cluster stops)."""
-    from .core import pool
-    from .core.output import ROUTER
+    from .core import session
 
-    pool.close_all()
-    pool.SUPERVISOR.stop()
-    pool.bridge.STOCK.clear()
-    ROUTER.stop()
-    cluster.disconnect()
+    session.shutdown()
 
 
 def load_ipython_extension(ip: Any) -> None:

@@ -23,9 +23,9 @@ DEFAULTS: dict[str, Any] = {
     # session switches
     "inline": True,  # inline widget under cells that call remote code
     "progress": True,  # progress bar for map
-    "prewarm": 2,  # warm stand-in processes that run calls while replicas start (bridge.py);
+    "prewarm": 2,  # warm generic replicas a pool claims instead of starting one (core/warm.py);
     # 0 = strict scale to zero
-    "warm_imports": True,  # stand-ins import the packages the kernel has imported
+    "warm_imports": True,  # warm replicas import the package names the kernel has imported
 }
 
 _lock = threading.Lock()

@@ -335,3 +335,41 @@ def test_function_is_get_or_create_and_updates_only_given_fields():
 def test_module_meter_exists():
     assert isinstance(METER, Meter)
     assert not math.isnan(METER.snapshot()["totals"]["saving"])
+
+
+# -- exact cost on the real cluster (1 USD per cpu-second) --------------------------------------
+
+
+@pytest.mark.parametrize("prewarm", [2, 0])
+def test_two_short_calls_then_idle_cost_no_more_than_always_on(ray_cluster, prewarm):
+    from conftest import wait_until
+
+    import nbserverless as nbs
+    from nbserverless.core import warm
+    from nbserverless.core.loop import SUPERVISOR
+
+    nbs.config(prewarm=prewarm)
+    if prewarm:  # the default config: the call claims a warm replica
+        SUPERVISOR.ensure_running()
+        wait_until(lambda: warm.STOCK.available() >= 1, timeout=90, what="a warm replica")
+
+    @nbs.remote(cpus=1, keep_alive=60)
+    def work(x):
+        time.sleep(0.5)
+        return x
+
+    assert work(1) == 1 and work(2) == 2
+    pool = work._get_pool()
+    assert pool.claims == (1 if prewarm else 0)
+    for idle_s in (0.0, 1.0, 10.0):  # then idle (the meter reads any later moment)
+        now = time.time() + idle_s
+        s = pool.meter.snapshot(now=now)
+        assert s["replicas"] == 1 and s["peak_replicas"] == 1
+        assert s["cost"] <= s["always_on_cost"] + 1e-9
+        assert s["saving"] >= -1e-9
+        wall = now - min(s["first_call"], pool.meter.first_billed)
+        assert s["replica_seconds_busy"] <= s["peak_replicas"] * wall + 1e-9
+        assert s["replica_seconds_busy"] >= 1.0 - 0.05  # two calls of 0.5 s, billed busy
+        assert s["cost"] == pytest.approx(s["replica_seconds_busy"] + s["replica_seconds_idle"])
+    platform = METER.platform.snapshot()
+    assert platform["cost"] == 0.0  # warm replicas hold no CPU: unclaimed time is no cost

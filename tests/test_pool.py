@@ -114,3 +114,276 @@ def test_idle_replica_gives_way_to_another_functions_waiting_work(ray_cluster):
     assert hog.stats().replicas == 1
     assert other(1) == 2  # could only start once hog's idle replica gave way
     assert hog.stats().replicas == 0
+
+
+# -- settling exactly once, races -----------------------------------------------------------
+
+
+def _race_once(pool, ident) -> list:
+    """One call whose reply, timeout, force-cancel and death are handled at the same moment
+    from four threads (and its own completion callback)."""
+    import threading
+
+    import ray
+    from ray import exceptions as rex
+
+    from nbserverless.core.pool import Job
+
+    calls: list = []
+    job = Job("call", None, ((1,), {}), 1, lambda j, ok, value: calls.append(ok))
+    pool.submit(job)
+    wait_until(lambda: job.ref is not None, timeout=120, what="dispatch")
+    envelope = ray.get(job.ref, timeout=60)
+    barrier = threading.Barrier(4)
+    racers = [
+        lambda: pool._finish(job, envelope),
+        lambda: pool._on_timeout(job),
+        lambda: pool.force_cancel(job),
+        lambda: pool._on_death(job, rex.RayActorError()),
+    ]
+    threads = [threading.Thread(target=lambda f=f: (barrier.wait(), f())) for f in racers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wait_until(lambda: ident.stats().in_flight == 0 and ident.stats().queued == 0,
+               what="counts back to zero")  # fmt: skip
+    assert job not in pool.queue
+    return calls
+
+
+def test_settle_happens_once_under_racing_reply_timeout_cancel_and_death(ray_cluster):
+    @nbs.remote(cpus=0.25, max_replicas=1, keep_alive=30, retries=1)
+    def ident(x):
+        return x
+
+    assert ident(0) == 0
+    pool = ident._get_pool()
+    for _ in range(5):
+        assert len(_race_once(pool, ident)) == 1  # settled exactly once
+    assert ident(2) == 2  # the pool stays usable
+
+
+def test_a_slow_output_sink_does_not_stall_other_pools(ray_cluster):
+    import threading
+
+    from nbserverless.core.output import Sink
+    from nbserverless.core.pool import Job
+
+    release = threading.Event()
+
+    class SlowSink(Sink):
+        """A caller whose output stream is slow: streamed frames arrive late, and finishing
+        waits for them (the real one waits up to 2 s; this one until released)."""
+
+        def write(self, chunks):
+            release.wait(60)
+            super().write(chunks)
+
+        def finish(self, rest, seq):
+            while seq and self.received < seq and not release.wait(0.05):
+                pass
+            super().finish(rest, seq)
+
+    @nbs.remote(cpus=0.25, keep_alive=30)
+    def loud(x):
+        print("streamed")
+        time.sleep(0.6)  # longer than STREAM_AFTER_S: its output streams before the reply
+        return x
+
+    @nbs.remote(cpus=0.25, keep_alive=30)
+    def quiet(x):
+        return x
+
+    assert loud(0) == 0 and quiet(0) == 0
+    results = []
+    job = Job("call", None, ((1,), {}), 1, lambda j, ok, v: results.append(v), sink=SlowSink())
+    loud._get_pool().submit(job)
+    try:
+        wait_until(lambda: job.rep is not None and job not in job.rep.jobs, timeout=60,
+                   what="the reply of the slow-output call")  # fmt: skip
+        assert quiet.submit(5).result(timeout=60) == 5  # another pool's completion went on
+        assert not results  # while the slow one still waits for its output
+    finally:
+        release.set()
+    wait_until(lambda: results == [1], what="the slow call settled")
+
+
+def test_the_completion_thread_and_the_loop_stop_and_come_back(ray_cluster):
+    from nbserverless.core.completions import COMPLETIONS
+    from nbserverless.core.loop import SUPERVISOR
+
+    @nbs.remote(cpus=0.25, keep_alive=30)
+    def ident(x):
+        return x
+
+    assert ident.submit(1).result(timeout=120) == 1
+    assert COMPLETIONS.alive()
+    ident._get_pool().close()  # as shutdown does: pools closed, then the threads stop
+    COMPLETIONS.stop()
+    SUPERVISOR.stop()
+    assert not COMPLETIONS.alive() and SUPERVISOR._thread is None
+
+    @nbs.remote(cpus=0.25, keep_alive=30)
+    def again(x):
+        return x
+
+    assert again.submit(2).result(timeout=120) == 2  # both start again on demand
+    assert COMPLETIONS.alive() and SUPERVISOR._thread is not None
+
+
+# -- start-up crashes and timeouts -------------------------------------------------------------
+
+
+def _slow_init_class(tmp_path):
+    @nbs.remote(cpus=0.25, retries=1, keep_alive=30)
+    class Held:
+        def __init__(self, folder):
+            import pathlib
+
+            pathlib.Path(folder, f"pid-{os.getpid()}").touch()
+            deadline = time.monotonic() + 60
+            while not pathlib.Path(folder, "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+        def __call__(self, x):
+            return x
+
+    return Held(str(tmp_path))
+
+
+@pytest.mark.parametrize("prewarm", [0, 2])
+def test_a_crash_while_a_class_loads_does_not_fail_its_queued_calls(ray_cluster, tmp_path,
+                                                                    prewarm):  # fmt: skip
+    import signal
+
+    nbs.config(prewarm=prewarm)
+    held = _slow_init_class(tmp_path)
+    futures = [held.submit(i) for i in range(10)]
+    pids = wait_until(lambda: list(tmp_path.glob("pid-*")), timeout=120, what="a replica loading")
+    os.kill(int(pids[0].name.split("-")[1]), signal.SIGKILL)  # during its __init__
+    (tmp_path / "go").touch()
+    assert [f.result(timeout=120) for f in futures] == list(range(10))
+    s = held.stats()
+    assert s.errors == 0 and s.invocations == 10
+
+
+def test_replicas_that_never_start_fail_the_queued_calls_after_retries(ray_cluster):
+    nbs.config(prewarm=0)
+
+    @nbs.remote(cpus=0.25, retries=1)
+    class Doomed:
+        def __init__(self):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def __call__(self, x):
+            return x
+
+    doomed = Doomed()
+    with pytest.raises(nbs.RemoteError, match="could not start") as info:
+        doomed(1)
+    assert "memory" not in str(info.value) and "env=" not in str(info.value)
+    assert doomed._get_pool().start_failures == 2  # retries=1: two starts, then it gave up
+
+
+def test_timeout_does_not_count_the_wait_for_a_replica(ray_cluster):
+    nbs.config(prewarm=0)
+
+    @nbs.remote(cpus=0.25, timeout=1)
+    class SlowStart:
+        def __init__(self):
+            time.sleep(2)  # the cold start, longer than the timeout
+
+        def __call__(self, x):
+            return x
+
+    assert SlowStart()(3) == 3
+
+
+def test_a_timed_out_call_is_never_started_again(ray_cluster, tmp_path):
+    @nbs.remote(cpus=0.25, timeout=1, retries=2, keep_alive=30)
+    def side_effect(folder, seconds):
+        import pathlib
+
+        with open(pathlib.Path(folder, "runs"), "a") as f:
+            f.write("run\n")
+        time.sleep(seconds)
+        return seconds
+
+    with pytest.raises(nbs.CallTimeoutError):
+        side_effect(str(tmp_path), 30)
+    pool = side_effect._get_pool()
+    wait_until(lambda: not pool.queue and side_effect.stats().in_flight == 0, what="settled")
+    futures = [side_effect.submit(str(tmp_path), 0) for _ in range(3)]
+    assert [f.result(timeout=120) for f in futures] == [0, 0, 0]
+    assert (tmp_path / "runs").read_text().count("run") == 4  # the slow one ran once
+    assert side_effect.stats().retries == 0
+
+
+def test_map_with_a_timeout_fails_only_the_slow_item(ray_cluster):
+    @nbs.remote(cpus=0.25, timeout=2, max_replicas=2, keep_alive=30)
+    def item(x):
+        time.sleep(30 if x == 3 else 0)
+        return x
+
+    out = list(item.map(range(12), return_exceptions=True))
+    assert isinstance(out[3], nbs.CallTimeoutError)
+    assert [x for i, x in enumerate(out) if i != 3] == [i for i in range(12) if i != 3]
+
+
+# -- one bad pool, many dead pools ------------------------------------------------------------
+
+
+def test_a_failing_pool_tick_stays_that_pools_and_others_keep_their_timeouts(ray_cluster):
+    from nbserverless.core.loop import registry
+
+    class Broken:  # a pool whose tick raises (a bug): the loop contains it
+        name = "broken"
+        closed = True  # (not one for close_all)
+        failed: list = []
+
+        def tick(self, now):
+            raise RuntimeError("tick bug")
+
+        def fail_all(self, exc):
+            self.failed.append(exc)
+
+        def waiting_for_resources(self, now):
+            return False
+
+        def give_way(self):
+            return False
+
+    broken = Broken()
+    registry.add(broken)
+    try:
+
+        @nbs.remote(cpus=0.25, timeout=1, keep_alive=30)
+        def nap(seconds):
+            time.sleep(seconds)
+            return seconds
+
+        assert nap(0) == 0
+        with pytest.raises(nbs.CallTimeoutError):
+            nap.submit(30).result(timeout=60)  # honoured by the loop, despite the broken pool
+        assert broken.failed and "tick bug" in str(broken.failed[0])
+    finally:
+        registry.remove(broken)
+
+
+def test_pools_with_nothing_left_leave_the_loop_and_come_back(ray_cluster):
+    from nbserverless.core.loop import registry
+
+    handles = []
+    for i in range(6):
+        fn = nbs.remote(cpus=0.1, keep_alive=0.2)(lambda x, i=i: x + i)
+        handles.append(fn)
+    assert [f.submit(1).result(timeout=120) for f in handles] == [1 + i for i in range(6)]
+    pools = [f._get_pool() for f in handles]
+    wait_until(lambda: not any(p in registry.all() for p in pools), timeout=60,
+               what="idle pools to leave the loop")  # fmt: skip
+    assert all(p.replicas() == 0 and not p.reps for p in pools)
+    assert handles[0](5) == 5  # the next call brings it back
+    assert pools[0] in registry.all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,24 +20,34 @@ CANCEL_GRACE_S = 2.0
 
 
 class _Registry:
-    """The live pools of this kernel (anything with ``tick``, ``waiting_for_resources``,
-    ``give_way``, ``lock`` and the cancellation hooks)."""
+    """The pools the loop ticks (anything with ``tick``, ``fail_all``,
+    ``waiting_for_resources``, ``give_way`` and the cancellation hooks). A pool with nothing
+    left to do leaves it (``remove``) and comes back at its next call, so ticks cost nothing
+    for pools that were called once; ``every`` still lists it (weakly) for shutdown."""
 
     def __init__(self) -> None:
         self._pools: dict[int, Any] = {}
+        self._every: weakref.WeakSet = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def add(self, pool: Any) -> None:
         with self._lock:
             self._pools[id(pool)] = pool
+            self._every.add(pool)
 
     def remove(self, pool: Any) -> None:
         with self._lock:
             self._pools.pop(id(pool), None)
 
     def all(self) -> list[Any]:
+        """The pools the loop ticks now."""
         with self._lock:
             return list(self._pools.values())
+
+    def every(self) -> list[Any]:
+        """Every pool still referenced, ticked or not."""
+        with self._lock:
+            return list(self._every)
 
 
 registry = _Registry()
@@ -53,6 +64,7 @@ class Supervisor:
         self._cancels: list[tuple[float, Any, Any]] = []
         self.hooks: list[Callable[[float], None]] = []  # e.g. the warm stock's refill
         self._lock = threading.Lock()
+        self._failing: set[int] = set()  # pools whose last tick failed (logged once)
 
     def ensure_running(self) -> None:
         with self._lock:
@@ -87,18 +99,41 @@ class Supervisor:
             due = [c for c in self._cancels if c[0] <= now]
             self._cancels = [c for c in self._cancels if c[0] > now]
         for _, pool, job in due:
-            pool.force_cancel(job)
+            try:
+                pool.force_cancel(job)
+            except Exception:
+                log.exception("nbserverless: force cancel failed")
         if cluster.address() is not None:
             for hook in list(self.hooks):
-                hook(now)
+                try:
+                    hook(now)
+                except Exception:
+                    log.exception("nbserverless loop hook failed")
         pools = registry.all()
-        for pool in pools:
-            pool.tick(now)
-        waiting = [p for p in pools if p.waiting_for_resources(now)]
+        waiting = []
+        for pool in pools:  # one pool's failure stays that pool's
+            try:
+                pool.tick(now)
+                if pool.waiting_for_resources(now):
+                    waiting.append(pool)
+                self._failing.discard(id(pool))
+            except Exception as exc:
+                if id(pool) not in self._failing:  # once, not 20 times a second
+                    self._failing.add(id(pool))
+                    log.exception(
+                        "nbserverless: pool %s failed its tick", getattr(pool, "name", "?")
+                    )
+                try:
+                    pool.fail_all(exc)
+                except Exception:
+                    log.exception("nbserverless: pool %s could not fail its calls", pool)
         if waiting:
             for other in pools:
-                if other not in waiting and other.give_way():
-                    break
+                try:
+                    if other not in waiting and other.give_way():
+                        break
+                except Exception:
+                    log.exception("nbserverless: give-way failed")
 
 
 SUPERVISOR = Supervisor()

@@ -1,35 +1,21 @@
-"""Cold starts without the wait: while a function's replicas start, its calls run elsewhere.
+"""The warm stock: ``nbs.config(prewarm=N)`` generic replica processes waiting on the cluster.
 
-Stand-ins: ``nbs.config(prewarm=N)`` keeps N generic processes ("stem cells", reserving no
-CPUs) waiting on the cluster, shown as platform overhead. While waiting they import the
-third-party packages the kernel has imported, as it did (with the environment variables it has
-set since connecting), so code that needs torch does not wait for torch ("warm imports",
-``nbs.config(warm_imports=False)`` turns them off). A
-function's (or class handle's) first call claims one: from then on it serves only that pool,
-with the pool's ``env=`` — a function's calls in threads, as many at once as replica slots are
-starting; a class's calls on one instance (its ``__init__`` runs there once), ``concurrency``
-at once — and it is retired (and replaced by a fresh one) when those replicas are ready.
-Scale-up from zero thereby follows the queue at once, not the pace at which the cluster
-starts processes and imports packages.
-
-Without a warm stand-in at hand, at most N calls of a function without ``env=`` run as Ray
-tasks on the worker processes Ray keeps prestarted, while the function has no ready replica.
-
-Neither reserves CPUs: the replicas being started have already reserved the pool's resources,
-and work that waited for them would wait for those very replicas. Their time is billed to the
-pool as busy time (meter.borrowed). ``prewarm=0`` is strict scale-from-zero. Pools that ask for
-GPUs or ``pip=`` packages never use stand-ins (they need what only their replicas have).
+Each is a :class:`~nbserverless.worker.warm.WarmReplica` actor (``num_cpus=0``,
+``max_concurrency=1``, no restarts). Until a pool claims one it belongs to no function: its time
+is billed only to ``METER.platform``, it holds no CPU, and it may import the module *names* the
+kernel has imported (``nbs.config(warm_imports=False)`` turns that off); no environment variable
+of the kernel is sent. A pool whose options it fits (:func:`eligible`) claims one for a new
+replica slot instead of starting an actor; from then on it is that pool's replica
+(core/replicas.py). The loop's hook refills the stock in the background.
 
 Example::
 
-    host = claim()                       # None when no stand-in is warm
-    ref = submit(host, pool_key, spec_ref, job)
+    host = STOCK.claim()          # None when none is warm
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import threading
 import time
@@ -40,27 +26,27 @@ import ray
 from .. import settings
 from ..metering.meter import METER
 from ..options import Options
-from ..worker.warm import StemCell, _run_task
+from ..worker.warm import WarmReplica
 from .completions import on_ready as _on_ready
-from .loop import SUPERVISOR
-from .output import ROUTER
+from .loop import SUPERVISOR, registry
 
-HOST_THREADS = 64  # stand-in calls at once in one stand-in process
 REFILL_AFTER_S = 1.0  # after connecting, leave the first calls the whole machine
-#: packages of the kernel itself, of Ray and of tests: never worth importing in a stand-in
+#: packages of the kernel itself, of Ray and of tests: never worth importing in a warm replica
 # fmt: off
 KERNEL_ONLY = frozenset({
     "IPython", "ipykernel", "ipywidgets", "ipyparallel", "jupyter_client", "jupyter_core",
     "jupyter_server", "jupyterlab", "notebook", "nbclient", "nbformat", "zmq", "tornado",
     "traitlets", "comm", "debugpy", "prompt_toolkit", "jedi", "parso", "pygments", "pexpect",
     "ptyprocess", "matplotlib_inline", "nest_asyncio", "ray", "nbserverless", "pytest",
-    "_pytest", "pluggy", "pip", "setuptools", "pkg_resources", "playwright",
+    "_pytest", "pluggy", "pip", "setuptools", "pkg_resources", "playwright", "hypothesis",
 })
 # fmt: on
 
+WarmActor = ray.remote(WarmReplica)
+
 
 def kernel_imports() -> list[str]:
-    """Top-level third-party packages this process has imported (for warm imports)."""
+    """Top-level third-party package names this process has imported (for warm imports)."""
     stdlib = getattr(sys, "stdlib_module_names", frozenset())
     names = []
     for name, module in list(sys.modules.items()):
@@ -72,117 +58,121 @@ def kernel_imports() -> list[str]:
     return sorted(names)
 
 
-_StemCellActor = ray.remote(StemCell)
+def eligible(options: Options) -> bool:
+    """Whether a pool may claim warm replicas: one call at a time (the warm process has
+    ``max_concurrency=1``), no GPUs, no ``pip=`` (its runtime env is the default; ``env=`` is
+    applied at the claim)."""
+    return options.concurrency == 1 and not options.gpus and not options.pip
 
 
-class Host:
-    """The kernel's view of one stand-in process."""
+class WarmHost:
+    """The kernel's view of one warm replica."""
 
-    __slots__ = ("hid", "actor", "ready", "owner", "warmed", "warming", "reservation")
+    __slots__ = ("hid", "actor", "ready", "node", "pid", "warmed", "warming")
 
     def __init__(self, hid: str, actor: Any):
         self.hid = hid
         self.actor = actor
-        self.ready = False
-        self.owner: str | None = None
-        self.warmed: set[str] = set()  # packages and env names sent to it
-        self.warming: Any = None  # ObjectRef of the last warm-up sent
-        self.reservation: Any = None  # placement group holding a class replica's resources
+        self.ready = False  # its process runs (ping answered)
+        self.node = ""
+        self.pid = 0
+        self.warmed: set[str] = set()  # module names sent to it
+        self.warming = 0  # warm-ups sent and not yet done
 
 
 class _Stock:
-    """The warm, unclaimed stand-ins of this kernel."""
+    """The unclaimed warm replicas of this kernel."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.warm: list[Host] = []
+        self.warm: list[WarmHost] = []
         self.ids = itertools.count(1)
         self.connected_since: float | None = None
-        self.env0: dict[str, str] = {}  # the kernel's environment when it connected
-        self.claimed = 0  # stand-ins claimed by a pool and not yet retired
         self.n_modules = 0
 
     def refill(self, now: float) -> None:
-        """Start stand-ins until ``prewarm`` exist, warm or claimed (supervisor tick): a
-        claimed one is replaced when it retires, so a pool running on its stand-in does not
-        share the machine with the start of the next one."""
+        """Keep ``prewarm`` unclaimed warm replicas (the loop's hook, on the loop thread)."""
         if not ray.is_initialized():
             self.connected_since = None
             return
         if self.connected_since is None:
             self.connected_since = now
-            self.env0 = dict(os.environ)
         if now - self.connected_since < REFILL_AFTER_S:
             return
         if len(sys.modules) != self.n_modules:
             self.n_modules = len(sys.modules)
             self.warm_all()
         want = settings.get("prewarm") or 0
+        if len(self.warm) < want and any(getattr(p, "queue", None) for p in registry.all()):
+            return  # work is waiting: it gets the machine before new warm processes do
         with self.lock:
-            keep = max(0, want - self.claimed)
-            extra = self.warm[keep:]
-            del self.warm[keep:]
-            for _ in range(keep - len(self.warm)):
-                host = Host(f"stem-{next(self.ids)}", None)
-                host.actor = _StemCellActor.options(
-                    num_cpus=0, max_concurrency=HOST_THREADS, max_restarts=0
-                ).remote()
-                self.warm.append(host)
-                ref = host.actor.ping.remote()
-                _on_ready(ref, _placed, host)
+            extra = self.warm[want:]
+            del self.warm[want:]
+            new = [WarmHost(f"warm-{next(self.ids)}", None) for _ in range(want - len(self.warm))]
+            self.warm.extend(new)
+        for host in new:  # actor creation: outside every lock
+            host.actor = WarmActor.options(
+                num_cpus=0, max_concurrency=1, max_restarts=0, max_task_retries=0
+            ).remote(host.hid)
+            _on_ready(host.actor.ping.remote(), _placed, host)
         for host in extra:
             retire(host)
 
-    def warm_all(self, host: Host | None = None) -> None:
-        """Send the kernel's imports and new environment variables to warm stand-ins."""
-        modules = kernel_imports() if settings.get("warm_imports") else []
-        env = {k: v for k, v in os.environ.items() if self.env0.get(k) != v}
+    def warm_all(self, host: WarmHost | None = None) -> None:
+        """Send the kernel's imported module names (names only) to warm replicas."""
+        if not settings.get("warm_imports"):
+            return
+        modules = kernel_imports()
         with self.lock:
             hosts = [host] if host is not None else [h for h in self.warm if h.ready]
         for h in hosts:
             new = [m for m in modules if m not in h.warmed]
-            fresh = {k: v for k, v in env.items() if f"env:{k}" not in h.warmed}
-            if new or fresh:
-                h.warmed.update(new, (f"env:{k}" for k in fresh))
-                h.warming = h.actor.warm.remote(new, fresh)
+            if new:
+                h.warmed.update(new)
+                with self.lock:
+                    h.warming += 1
+                _on_ready(h.actor.warm.remote(new), _warmed, h)
 
-    def settled(self) -> bool:
-        """``prewarm`` stand-ins warm and done importing (benchmarks wait for it)."""
+    def available(self) -> int:
+        """Warm replicas ready to be claimed."""
         with self.lock:
-            hosts = [h for h in self.warm if h.ready]
-        if len(hosts) < (settings.get("prewarm") or 0):
-            return False
-        refs = [h.warming for h in hosts if h.warming is not None]
-        return not refs or len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+            return sum(1 for h in self.warm if h.ready)
 
-    def claim(self, key: str) -> Host | None:
+    def claim(self) -> WarmHost | None:
+        """Take one ready warm replica out of the stock (no Ray call): one done importing
+        first. Its platform billing stops here; the pool bills it from its reservation."""
         with self.lock:
-            for host in self.warm:
-                if host.ready:
-                    self.warm.remove(host)
-                    host.owner = key
-                    self.claimed += 1
-                    break
-            else:
+            ready = [h for h in self.warm if h.ready]
+            if not ready:
                 return None
+            host = min(ready, key=lambda h: h.warming)
+            self.warm.remove(host)
         METER.platform.replica_stopped(host.hid, time.time())
         return host
 
+    def settled(self) -> bool:
+        """``prewarm`` warm replicas ready and done importing (benchmarks wait for it)."""
+        with self.lock:
+            hosts = [h for h in self.warm if h.ready]
+            return len(hosts) >= (settings.get("prewarm") or 0) and not any(
+                h.warming for h in hosts
+            )
+
     def clear(self) -> None:
+        """Remove every unclaimed warm replica (shutdown)."""
         with self.lock:
             hosts, self.warm = self.warm, []
             self.connected_since = None
-            self.claimed = 0
         for host in hosts:
             retire(host)
 
 
 STOCK = _Stock()
 SUPERVISOR.hooks.append(STOCK.refill)
-METER.platform.set_resources(cpus=0)  # a stand-in reserves no CPUs
+METER.platform.set_resources(cpus=0)  # a warm replica reserves no CPUs
 
 
-def _placed(host: Host, fut: Any) -> None:
+def _placed(host: WarmHost, fut: Any) -> None:
     try:
         info = fut.result()
     except Exception:
@@ -194,70 +184,23 @@ def _placed(host: Host, fut: Any) -> None:
         if host not in STOCK.warm:
             return
         host.ready = True
+        host.node, host.pid = info.get("node", ""), info.get("pid", 0)
     METER.platform.replica_started(host.hid, info["t_start"])
     STOCK.warm_all(host)
 
 
-def eligible(options: Options) -> bool:
-    """Pools without GPUs and without ``pip=`` packages."""
-    return not options.gpus and not options.pip
-
-
-def task_eligible(options: Options, kind: str) -> bool:
-    """What may also run on Ray's shared prestarted workers: functions and cells without
-    ``env=`` (a class's instance belongs to a process of its own)."""
-    return kind in ("function", "cell") and eligible(options) and not options.env
-
-
-def claim(key: str, slot: Options | None = None) -> Host | None:
-    """A warm stand-in for the pool ``key``, now serving only it; None if none is warm. With
-    ``slot`` (a class's options) it holds one replica's resources while it serves: a placement
-    group reserves them in Ray's scheduler, as the replica it replaces would have."""
-    host = STOCK.claim(key)
-    if host is not None and slot is not None:
-        bundle = {"CPU": slot.cpus, "memory": slot.memory or 0}
-        try:
-            host.reservation = ray.util.placement_group([{k: v for k, v in bundle.items() if v}])
-        except Exception:
-            host.reservation = None  # e.g. cpus=0: nothing to hold
-    return host
-
-
-def retire(host: Host) -> None:
-    """Remove a stand-in (its function's replicas are ready, or it is stuck or dead)."""
+def _warmed(host: WarmHost, fut: Any) -> None:
     with STOCK.lock:
-        if host.ready and host.owner is not None:
-            STOCK.claimed = max(0, STOCK.claimed - 1)
-        elif host.ready:
-            METER.platform.replica_stopped(host.hid, time.time())
-        host.ready = False
+        host.warming = max(0, host.warming - 1)
+
+
+def retire(host: WarmHost) -> None:
+    """Remove an unclaimed warm replica."""
+    with STOCK.lock:
+        was_ready, host.ready = host.ready, False
+    if was_ready:
+        METER.platform.replica_stopped(host.hid, time.time())
     try:
         ray.kill(host.actor, no_restart=True)
     except Exception:
         pass
-    if host.reservation is not None:
-        try:
-            ray.util.remove_placement_group(host.reservation)
-        except Exception:
-            pass
-        host.reservation = None
-
-
-def submit(
-    host: Host | None, key: str, spec_ref: Any, job: Any, env: dict | None, shape: tuple | None
-) -> Any:
-    """Run one job on one of the pool's stand-ins (``shape``: a class's ``(concurrency,
-    cpus)``), or as a task on a borrowed idle worker; returns its ObjectRef."""
-    args = (
-        key,
-        [spec_ref],  # in a list: resolved only where the code is not loaded yet
-        ROUTER.address,
-        job.kind,
-        job.method,
-        job.payload,
-        job.star,
-        job.call_id,
-    )
-    if host is not None:
-        return host.actor.run.remote(env, shape, *args)
-    return _run_task.options(num_cpus=0).remote(*args)

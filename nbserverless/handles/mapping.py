@@ -88,6 +88,8 @@ class MapRun:
     def _chunk_size(self) -> int:
         if self._batch:
             return self._batch
+        if self.pool.options.timeout is not None:
+            return 1  # timeout is per item: a slow item must not fail the fast ones of a chunk
         if self._item_s is None:
             return 1
         size = int(TARGET_CHUNK_S / max(self._item_s, 1e-7))

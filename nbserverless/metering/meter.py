@@ -90,6 +90,7 @@ class FunctionMeter:
         self._buf: list[tuple] = []
         self._sk = Sketches()
         self._live: dict[Any, list] = {}  # rid -> [start, busy_since | None, busy_acc]
+        self.first_billed: float | None = None  # earliest replica start since zero
         self._closed_life = self._closed_busy = 0.0
         self.peak_replicas = 0
         self._rate_marks: deque = deque(maxlen=64)
@@ -170,7 +171,11 @@ class FunctionMeter:
         """Replica ``rid`` exists from ``t``: billed from now on (idle until busy)."""
         t = time.time() if t is None else t
         with self._lock:
+            if rid in self._live:  # never billed twice: the first start stands
+                return
             self._live[rid] = [t, None, 0.0]
+            if self.first_billed is None or t < self.first_billed:
+                self.first_billed = t
             n = len(self._live)
             if n > self.peak_replicas:
                 self.peak_replicas = n
@@ -208,14 +213,6 @@ class FunctionMeter:
             n = len(self._live)
         self._meter._replicas_changed(self, n)
 
-    def borrowed(self, seconds: float) -> None:
-        """Busy time of a call that ran on a borrowed worker while the first replica
-        started (see bridge.py): billed as busy replica time, but it is no replica."""
-        with self._lock:
-            self._closed_life += seconds
-            self._closed_busy += seconds
-        self._meter.version += 1
-
     # ---- reading --------------------------------------------------------------------------
     def _fold(self) -> None:
         """Move buffered latency records into the sketches (and into open scopes)."""
@@ -246,6 +243,7 @@ class FunctionMeter:
                 replicas=len(self._live),
                 peak_replicas=self.peak_replicas,
                 first_call=self.first_call,
+                since=_earliest(self.first_call, self.first_billed),
                 busy=busy,
                 idle=max(0.0, life - busy),
             )
@@ -270,10 +268,10 @@ class FunctionMeter:
         with self._fold_lock:
             self._sk.fields(snap)
         _costs(snap, raw, rate, prices.request)
-        first = raw["first_call"]
+        first, since = raw["first_call"], raw["since"]
         always_on = 0.0
-        if first is not None:
-            always_on = raw["peak_replicas"] * max(0.0, now - first) * rate
+        if first is not None:  # the interval the cost covers: first call (or start) to now
+            always_on = raw["peak_replicas"] * max(0.0, now - since) * rate
         snap["always_on_cost"] = always_on
         snap["saving"] = 1.0 - snap["cost"] / always_on if always_on > 0 else 0.0
         snap["first_call"] = first
@@ -383,6 +381,7 @@ class Meter:
                 fm._live = {rid: [now, now if r[1] is not None else None, 0.0]
                             for rid, r in live.items()}  # fmt: skip
                 fm.peak_replicas = len(fm._live)
+                fm.first_billed = now if fm._live else None
         with self._lock:
             for s in self._scopes:
                 s._base = {id(fm): fm._raw(now) for fm in self._functions.values()}
@@ -410,6 +409,11 @@ class Meter:
         for s in list(self._scopes):
             if n > s._peak.get(id(fm), 0):
                 s._peak[id(fm)] = n
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
 
 
 #: The meter of this kernel.
