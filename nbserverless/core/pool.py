@@ -38,6 +38,7 @@ from ..errors import (
 from ..metering.meter import METER
 from ..options import Options
 from ..shipping import diagnose_args
+from ..worker import codec
 from ..worker.replica import Replica
 from . import cluster
 from . import warm as bridge
@@ -155,6 +156,8 @@ class Rep:
 
 class Pool:
     """The replicas of one function, class handle or cell, and their queue."""
+
+    fresh_code: Any = None  # (version, [ObjectRef]) of re-pickled code, set by the handle
 
     def __init__(
         self,
@@ -297,16 +300,9 @@ class Pool:
         job.t_dispatch = now = time.perf_counter()
         if rep.t_ready > job.t_submit:
             job.cold = True
-        actor = rep.actor
         try:
-            if job.kind == "call":
-                args, kwargs = job.payload
-                method = actor.call.remote([job.method, list(args), kwargs or None, call_id])
-            elif job.kind == "batch":
-                method = actor.batch.remote(job.method, job.payload, call_id)
-            else:
-                method = actor.chunk.remote(job.method, job.payload, job.star, call_id)
-        except Exception:  # Ray could not serialize the arguments
+            method = self._send(rep.actor, job)
+        except Exception:  # the arguments could not be pickled
             job.rep = None
             job.error = _serialization_error(job, self.name)
             self.meter.dispatched(job.n)
@@ -321,6 +317,19 @@ class Pool:
         if self.options.timeout is not None:
             job.deadline = now + self.options.timeout * (1 if job.kind != "chunk" else job.n)
         self.meter.dispatched(job.n)
+
+    def _send(self, actor: Any, job: Job) -> Any:
+        """The one place a replica request is built: the payload pickled by the one pickler
+        (a call's arguments arrive pickled by its handle), with the code version the handle
+        set when it re-pickled changed code (fresh code)."""
+        code = self.fresh_code
+        if job.kind == "call":
+            req = [job.method, codec.call_payload(job.payload), job.call_id, code]
+            return actor.call.remote(req)
+        blob = codec.dumps(job.payload)
+        if job.kind == "batch":
+            return actor.batch.remote(job.method, blob, job.call_id, code)
+        return actor.chunk.remote(job.method, blob, job.star, job.call_id, code)
 
     def _bridge_locked(self, job: Job) -> bool:
         """Run ``job`` on a stand-in while replicas start (see bridge.py): on one the pool
@@ -468,11 +477,12 @@ class Pool:
             return
         ok, value, exec_s, rest, seq = result
         job.sink.finish(rest, seq)
+        ok, value = codec.decode_reply(job.kind, ok, value)
         errors = 0
-        if job.kind == "chunk":
-            errors = len(value[1]) if value[1] else 0
-        elif not ok:
+        if not ok:
             errors = job.n
+        elif job.kind == "chunk":
+            errors = len(value[1]) if value[1] else 0
         self._report(job, ok, value, errors=errors, exec_s=exec_s)
         self._pump()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from . import codec
 from .replica import Replica, idle_priority
 
 _executors: dict[str, Replica] = {}  # in a worker or stand-in process: pool key -> code
@@ -32,8 +33,7 @@ def _run(key: str, spec_box: list, out_address: Any, kind: str, method: Any, pay
                     return [False, loaded["error"], 0.0, None, 0]
                 _executors[key] = executor
     if kind == "call":
-        args, kwargs = payload
-        return executor.call([method, list(args), kwargs or None, call_id])
+        return executor.call([method, codec.call_payload(payload), call_id, None])
     if kind == "batch":
         return executor.batch(method, payload, call_id)
     return executor.chunk(method, payload, star, call_id)
