@@ -200,6 +200,7 @@ def _ipython() -> Any:
 
 
 _MISSING = object()
+WALK_CONTAINERS_UP_TO = 64  # items: functions inside small containers are watched too
 
 
 class Watch:
@@ -265,6 +266,10 @@ class Watch:
             if _by_value(obj):
                 for f in _functions_of(obj):
                     self._walk(f, seen)
+        elif isinstance(obj, list | tuple | dict | set | frozenset):
+            if len(obj) <= WALK_CONTAINERS_UP_TO:  # e.g. a list of notebook functions
+                for item in obj.values() if isinstance(obj, dict) else obj:
+                    self._walk(item, seen)
         elif callable(obj) and not isinstance(obj, types.BuiltinFunctionType):
             self._walk(type(obj), seen)  # a callable object: its class's methods
 

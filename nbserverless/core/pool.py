@@ -158,6 +158,7 @@ class Pool:
     """The replicas of one function, class handle or cell, and their queue."""
 
     fresh_code: Any = None  # (version, [ObjectRef]) of re-pickled code, set by the handle
+    retiring = False  # see retire()
 
     def __init__(
         self,
@@ -766,14 +767,15 @@ class Pool:
             o = self.options
             ready = [r for r in self.reps.values() if r.state == "ready"]
             keep = o.min_replicas if self.hold_min else 0
+            keep_alive = 0.0 if self.retiring else o.keep_alive
             for rep in sorted(ready, key=lambda r: r.last_idle):
                 if len(ready) <= keep:
                     break
-                if rep.outstanding == 0 and now - rep.last_idle >= o.keep_alive:
+                if rep.outstanding == 0 and now - rep.last_idle >= keep_alive:
                     self._stop_locked(rep)
                     ready.remove(rep)
             idle_for = now - self.last_demand
-            if not self.queue and not self._bridge_jobs and idle_for >= o.keep_alive:
+            if not self.queue and not self._bridge_jobs and idle_for >= keep_alive:
                 # a start nobody needs any more (it would only sit idle): cancel it
                 for rep in list(self.reps.values()):
                     if rep.state == "pending" and len(self._live()) > keep:
@@ -834,6 +836,13 @@ class Pool:
             for rep in list(self.reps.values()):
                 if rep.outstanding == 0:
                     self._stop_locked(rep)
+
+    def retire(self) -> None:
+        """The handle was redefined: queued and running calls finish, then every replica goes
+        at once (no keep-alive, no ``min_replicas``); the next tick removes idle ones."""
+        with self.lock:
+            self.retiring = True
+            self.hold_min = False
 
     def close(self) -> None:
         """Cancel queued work and remove every replica (session shutdown)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import weakref
 from typing import Any
 
 import ray
@@ -68,13 +69,18 @@ class RemoteFunction(PoolOwner, _Callable):
         self._invoker = Invoker(self, None, options.batch_size is not None)
         self._watch: Watch | None = None
         self._version = 0
+        self._rep_ids: Any = None  # the replaced handle's replica numbering (one meter row)
+        _replace_earlier(self)
 
     def _new_pool(self) -> Pool:
         self._watch = watch = Watch(self._fn)  # before pickling: a change meanwhile ships
         self._version = 0
         code = dumps_code(self._fn, self.name)
         sources = notebook_sources(self._fn, watch.funcs)
-        return Pool(self.name, "function", code, sources, None, self.options, key=self._key)
+        pool = Pool(self.name, "function", code, sources, None, self.options, key=self._key)
+        if self._rep_ids is not None:  # replica ids stay unique within the shared meter row
+            pool._rep_ids = self._rep_ids
+        return pool
 
     def _refresh(self, pool: Pool) -> None:
         watch = self._watch
@@ -113,3 +119,31 @@ class RemoteFunction(PoolOwner, _Callable):
 
 def _identity(x: Any) -> Any:
     return x
+
+
+#: notebook functions by (module, qualified name): a redefinition replaces the earlier handle
+_DEFINED: weakref.WeakValueDictionary[tuple[str, str], RemoteFunction] = (
+    weakref.WeakValueDictionary()
+)
+_DEFINED_LOCK = threading.Lock()
+
+
+def _replace_earlier(handle: RemoteFunction) -> None:
+    """Re-running the cell that defines a function replaces it: the new handle takes the old
+    one's meter row, and the old pool drains (running and queued calls finish) and removes
+    its replicas at once instead of after ``keep_alive``."""
+    fn = handle._fn
+    if not inspect.isfunction(fn) or fn.__module__ != "__main__":
+        return
+    key = (fn.__module__, fn.__qualname__)
+    with _DEFINED_LOCK:
+        old = _DEFINED.get(key)
+        _DEFINED[key] = handle
+    if old is None or old is handle:
+        return
+    handle._key = old._key
+    with old._lock:
+        pool = old._pool_obj
+    if pool is not None:
+        handle._rep_ids = pool._rep_ids
+        pool.retire()

@@ -194,6 +194,13 @@ def _format_tb(exc: BaseException, names: dict[str, str]) -> str:
 def _serialization_error(what: str, value: Any, exc: BaseException) -> UserError:
     from ..errors import SerializationError
 
+    if isinstance(value, list):  # a batch's results: name the first that cannot be pickled
+        for item in value:
+            try:
+                codec.dumps(item)
+            except Exception as item_exc:
+                value, exc = item, item_exc
+                break
     kind = type(value)
     err = SerializationError(
         f"{what} cannot be pickled: a {kind.__module__}.{kind.__qualname__} "
@@ -252,7 +259,7 @@ class Replica:
             args, kwargs = codec.decode(spec.get("init") or ((), {}))
             self._begin(-1)
             try:
-                self.target = obj(*args, **kwargs)
+                self.target = obj(*args, **(kwargs or {}))
             except BaseException as exc:
                 return {"ok": False, "error": UserError(exc, _format_tb(exc, self.names))}
             finally:
