@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
 import nbserverless as nbs
-from nbserverless.shipping import Watch, notebook_sources
+from nbserverless.shipping import Watch
 
 # ---- no cluster ------------------------------------------------------------------------------
 
@@ -265,8 +265,7 @@ def test_fresh_code_in_process(ray_cluster):
 # ---- a real Jupyter kernel ------------------------------------------------------------------
 
 KERNEL_CELLS = [
-    "import json, dataclasses, enum, typing\nimport nbserverless as nbs\n"
-    "nbs.config(keep_alive=5)",
+    "import json, dataclasses, enum, typing\nimport nbserverless as nbs\nnbs.config(keep_alive=5)",
     # 1: notebook classes, in __main__
     "@dataclasses.dataclass\nclass Point:\n    x: int\n    y: int\n\n"
     "class Color(enum.Enum):\n    RED = 1\n    GREEN = 2\n\n"
