@@ -29,6 +29,19 @@ class CancelledError(RemoteError):
     """The call was cancelled (Ctrl-C in the notebook, or ``future.cancel()``)."""
 
 
+class RemoteExitError(RemoteError):
+    """The remote code raised ``SystemExit``, ``KeyboardInterrupt`` or ``GeneratorExit``: it is
+    reported as this error (re-raising it in the kernel would stop the kernel's flow).
+    ``original`` is the exception raised remotely.
+
+    Example: ``except nbs.RemoteExitError as e: e.original.code``.
+    """
+
+    def __init__(self, message: str, original: BaseException | None = None):
+        super().__init__(message)
+        self.original = original
+
+
 class SerializationError(TypeError):
     """An argument, closure or result that cannot be pickled; the message names the object."""
 
@@ -42,4 +55,4 @@ class RemoteTraceback(Exception):
         self.tb = tb
 
     def __str__(self) -> str:
-        return "\n\n" + self.tb
+        return "the call failed on a replica; the remote traceback:\n" + self.tb.rstrip("\n")

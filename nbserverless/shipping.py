@@ -8,41 +8,24 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import inspect
-import io
 import linecache
-import pickle
 import sys
 import types
-from collections import ChainMap
 from typing import Any
 
-import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
 from .errors import SerializationError
+from .worker import codec
 
 MAX_DIAGNOSE_DEPTH = 3
 
 
-def _code_reduce_keep_filename(code: types.CodeType) -> tuple:
-    # cloudpickle replaces every filename by "<dynamic-code>"; a remote traceback needs the
-    # real one (a notebook cell's) to show the cell's lines.
-    fn, args = _cp._code_reduce(code)[:2]
-    return fn, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-
-
-class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap(
-        {types.CodeType: _code_reduce_keep_filename}, cloudpickle.Pickler.dispatch_table
-    )
-
-
 def dumps(obj: Any) -> bytes:
-    """cloudpickle, keeping code objects' filenames (for remote tracebacks)."""
-    with io.BytesIO() as f:
-        _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-        return f.getvalue()
+    """The one pickler (``worker/codec.py``): cloudpickle, keeping code objects' filenames."""
+    return codec.dumps(obj)
 
 
 def _try_pickle(obj: Any) -> Exception | None:
@@ -122,7 +105,7 @@ def diagnose_args(args: tuple, kwargs: dict, name: str) -> SerializationError:
         found = find_unpicklable(a, f"argument {i}")
         if found:
             return SerializationError(_describe(found[0], found[1], f"{name}(): an argument"))
-    for k, a in kwargs.items():
+    for k, a in (kwargs or {}).items():
         found = find_unpicklable(a, f"argument {k}=")
         if found:
             return SerializationError(_describe(found[0], found[1], f"{name}(): an argument"))
@@ -130,24 +113,56 @@ def diagnose_args(args: tuple, kwargs: dict, name: str) -> SerializationError:
 
 
 def loads(blob: bytes) -> Any:
-    return pickle.loads(blob)
+    return codec.loads(blob)
 
 
-def notebook_sources(obj: Any) -> dict[str, tuple[str, list[str], str | None]]:
-    """Source lines of the notebook cells that define ``obj`` (and its methods), so that a
-    remote traceback can show them, with each file's display name (``<cell N>``).
+def notebook_sources(obj: Any, funcs: list[Any] | None = None) -> dict[str, tuple]:
+    """The lines of the notebook cells that define ``obj`` (its methods for a class) and the
+    notebook functions in ``funcs``, so that a remote traceback can show them, with each
+    file's display name (``<cell N>``). Only those functions' own lines are kept; every other
+    line of the cell is blank (a secret elsewhere in the cell is never shipped).
 
-    Returns ``{filename: (display_name, lines, None)}``.
+    Example: ``notebook_sources(f)`` -> ``{"<ipython-input-3-...>": ("<cell 3>", lines, None)}``.
     """
-    files: set[str] = set()
-    funcs = [obj]
-    if inspect.isclass(obj):
-        funcs = [v for v in vars(obj).values() if inspect.isfunction(v)]
-    for f in funcs:
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for f in [*_functions_of(obj), *(funcs or ())]:
         code = getattr(f, "__code__", None)
         if code is not None:
-            files.add(code.co_filename)
-    return {fn: src for fn in files if (src := cell_source(fn)) is not None}
+            spans.setdefault(code.co_filename, []).append(_code_span(code))
+    out = {}
+    for filename, ranges in spans.items():
+        src = cell_source(filename)
+        if src is not None:
+            keep = {n for first, last in ranges for n in range(first, last + 1)}
+            lines = [line if i in keep else "\n" for i, line in enumerate(src[1], 1)]
+            out[filename] = (src[0], lines, None)
+    return out
+
+
+def _functions_of(obj: Any) -> list[Any]:
+    if inspect.isclass(obj):
+        found = []
+        for v in vars(obj).values():
+            v = getattr(v, "__func__", v)  # staticmethod, classmethod
+            if isinstance(v, property):
+                v = v.fget
+            if inspect.isfunction(v):
+                found.append(v)
+        return found
+    return [obj]
+
+
+def _code_span(code: types.CodeType) -> tuple[int, int]:
+    """First and last line of a function's code (decorators and nested code included)."""
+    last = code.co_firstlineno
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        for _, _, line in c.co_lines():
+            if line is not None and line > last:
+                last = line
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return code.co_firstlineno, last
 
 
 def cell_source(filename: str) -> tuple[str, list[str], None] | None:
@@ -182,3 +197,110 @@ def _ipython() -> Any:
         return get_ipython()
     except Exception:
         return None
+
+
+_MISSING = object()
+WALK_CONTAINERS_UP_TO = 64  # items: functions inside small containers are watched too
+
+
+class Watch:
+    """What a function's shipped code depends on: the global names its code (and the code of
+    the notebook functions and classes it reaches) reads, and its closure cells. ``changed()``
+    is the cheap per-call check (identity of each current value, no pickling) that a helper was
+    redefined or a global rebound since the code was pickled. In-place changes to a captured
+    object (``lst.append``) are not seen: pass such objects as arguments.
+
+    Example::
+
+        watch = Watch(f)
+        ...                       # RATE = 30 in a later cell
+        watch.changed()           # -> True: pickle f again
+    """
+
+    __slots__ = ("slots", "values", "cells", "cell_values", "funcs")
+
+    def __init__(self, obj: Any):
+        self.slots: list[tuple[dict, str]] = []
+        self.cells: list[Any] = []
+        self.funcs: list[Any] = []  # the notebook functions reached (their lines ship)
+        self._walk(obj, set())
+        self.values = [g.get(n, _MISSING) for g, n in self.slots]
+        self.cell_values = [_cell_value(c) for c in self.cells]
+
+    def changed(self) -> bool:
+        """Whether any watched global or closure cell now holds another object."""
+        for (g, n), v in zip(self.slots, self.values, strict=True):
+            if g.get(n, _MISSING) is not v:
+                return True
+        for c, v in zip(self.cells, self.cell_values, strict=True):
+            if _cell_value(c) is not v:
+                return True
+        return False
+
+    def _walk(self, obj: Any, seen: set[int]) -> None:
+        if id(obj) in seen or inspect.ismodule(obj):
+            return
+        seen.add(id(obj))
+        inner = _remote_target(obj)
+        if inner is not None:
+            self._walk(inner, seen)
+        elif isinstance(obj, functools.partial):
+            for part in (obj.func, *obj.args, *obj.keywords.values()):
+                self._walk(part, seen)
+        elif isinstance(obj, types.FunctionType):
+            if not _by_value(obj):
+                return
+            self.funcs.append(obj)
+            g = obj.__globals__
+            for name in _global_names(obj.__code__):
+                self.slots.append((g, name))
+                value = g.get(name, _MISSING)
+                if value is not _MISSING:
+                    self._walk(value, seen)
+            for cell in obj.__closure__ or ():
+                self.cells.append(cell)
+                value = _cell_value(cell)
+                if value is not _MISSING:
+                    self._walk(value, seen)
+        elif isinstance(obj, type):
+            if _by_value(obj):
+                for f in _functions_of(obj):
+                    self._walk(f, seen)
+        elif isinstance(obj, list | tuple | dict | set | frozenset):
+            if len(obj) <= WALK_CONTAINERS_UP_TO:  # e.g. a list of notebook functions
+                for item in obj.values() if isinstance(obj, dict) else obj:
+                    self._walk(item, seen)
+        elif callable(obj) and not isinstance(obj, types.BuiltinFunctionType):
+            self._walk(type(obj), seen)  # a callable object: its class's methods
+
+
+def _cell_value(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return _MISSING
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names: dict[str, None] = {}
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.update(dict.fromkeys(c.co_names))
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return list(names)
+
+
+def _by_value(obj: Any) -> bool:
+    """Whether cloudpickle ships ``obj`` by value (notebook code) rather than by reference."""
+    try:
+        return not _cp._should_pickle_by_reference(obj)
+    except Exception:
+        return False
+
+
+def _remote_target(obj: Any) -> Any:
+    """The plain function or class behind an nbserverless handle (what it pickles as)."""
+    if type(obj).__module__.startswith("nbserverless.handles"):
+        return getattr(obj, "_fn", None) or getattr(obj, "_cls", None)
+    return None

@@ -161,3 +161,24 @@ def test_calls_from_many_threads(ray_cluster):
         t.join(120)
     assert results == {k: [2 * (k * 100 + i) for i in range(10)] for k in range(4)}
     assert double.stats().invocations == 40
+
+
+def test_redefining_a_notebook_function_replaces_it(ray_cluster):
+    from nbserverless.metering.meter import METER
+
+    nbs.config(prewarm=0, keep_alive=60)
+    ns: dict = {"nbs": nbs, "__name__": "__main__"}  # as a notebook cell defines it
+    cell = "@nbs.remote(cpus=0.25)\ndef greet(name):\n    return {greeting!r} + name\n"
+    exec(cell.format(greeting="hello "), ns)
+    old = ns["greet"]
+    assert old("ann") == "hello ann"
+    old_pool = old._pool_obj
+    assert old_pool.replicas() == 1
+    exec(cell.format(greeting="hi "), ns)  # the cell re-run
+    new = ns["greet"]
+    assert new("bob") == "hi bob"
+    # the old pool's replica goes at once, not after keep_alive=60
+    wait_until(lambda: old_pool.replicas() == 0, timeout=20, what="the old replica to go")
+    rows = [f for f in METER.snapshot()["functions"] if f["name"] == "greet"]
+    assert len(rows) == 1 and rows[0]["invocations"] == 2
+    assert new.stats().invocations == 2 and new.stats().replicas == 1

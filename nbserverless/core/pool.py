@@ -30,6 +30,7 @@ from ray import exceptions as rex
 from ..metering.meter import METER
 from ..options import Options
 from ..shipping import diagnose_args
+from ..worker import codec
 from . import cluster, policy, warm
 from .completions import on_ready as _on_ready
 from .jobs import DoneFn, Job
@@ -46,18 +47,23 @@ DEFAULT_START_S = 1.0
 _call_ids = itertools.count(1)
 
 
-def _send(actor: Any, job: Job) -> Any:
-    """The one place that builds a replica request from a job; returns its ObjectRef."""
+def _send(actor: Any, job: Job, code: Any) -> Any:
+    """The one place a replica request is built: the payload pickled by the one pickler (a
+    call's arguments arrive pickled by its handle), with ``code``, the version the handle set
+    when it re-pickled changed code (fresh code; None when unchanged)."""
     if job.kind == "call":
-        args, kwargs = job.payload
-        return actor.call.remote([job.method, list(args), kwargs or None, job.call_id])
+        return actor.call.remote([job.method, codec.call_payload(job.payload), job.call_id, code])
+    blob = codec.dumps(job.payload)
     if job.kind == "batch":
-        return actor.batch.remote(job.method, job.payload, job.call_id)
-    return actor.chunk.remote(job.method, job.payload, job.star, job.call_id)
+        return actor.batch.remote(job.method, blob, job.call_id, code)
+    return actor.chunk.remote(job.method, blob, job.star, job.call_id, code)
 
 
 class Pool(Settling, Scaling, ReplicaSet):
     """The replicas of one function, class handle or cell, and their queue."""
+
+    fresh_code: Any = None  # (version, [ObjectRef]) of re-pickled code, set by the handle
+    retiring = False  # see retire()
 
     def __init__(self, name: str, kind: str, code: bytes, sources: dict, init: tuple | None,
                  options: Options, key: str | None = None):  # fmt: skip
@@ -208,7 +214,7 @@ class Pool(Settling, Scaling, ReplicaSet):
         if rep.t_ready > job.t_submit:
             job.cold = True
         try:
-            ref = _send(rep.actor, job)
+            ref = _send(rep.actor, job, self.fresh_code)
         except Exception:  # Ray could not serialize the arguments
             job.rep = None
             job.finished = True

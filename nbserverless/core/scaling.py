@@ -59,7 +59,7 @@ class Scaling:
         expired: list = []
         with self._locked():
             d = self._demand_locked()
-            keep_alive = self.keep_alive_s(d, now)
+            keep_alive = 0.0 if self.retiring else self.keep_alive_s(d, now)
             ready = [(r, r.last_idle, r.outstanding) for r in self.reps.values()
                      if r.state == "ready"]  # fmt: skip
             for rep in policy.keep_alive_victims(ready, d.min_replicas, now, keep_alive):
@@ -109,6 +109,13 @@ class Scaling:
             if rep is not None:
                 self._stop_locked(rep)
         return rep is not None
+
+    def retire(self) -> None:
+        """The handle was redefined: queued and running calls finish, then every replica goes
+        at once (no keep-alive, no ``min_replicas``); the next tick removes idle ones."""
+        with self._locked():
+            self.retiring = True
+            self.hold_min = False
 
     def scale_to_zero(self) -> None:
         """Remove every idle replica, ``min_replicas`` ones too (until the next call)."""

@@ -18,6 +18,7 @@ import ray
 from ray import exceptions as rex
 
 from ..errors import CallTimeoutError, CancelledError, RemoteError, ReplicaDiedError
+from ..worker import codec
 from .completions import defer as _defer
 from .jobs import Job
 from .loop import SUPERVISOR
@@ -78,8 +79,11 @@ class Settling:
             self._report(job, False, err, errors=job.n)
         else:
             ok, value, exec_s, rest, seq = result
+            ok, value = codec.decode_reply(job.kind, ok, value)
             errors = (
-                (len(value[1]) if value[1] else 0) if job.kind == "chunk" else (0 if ok else job.n)
+                (len(value[1]) if value[1] else 0)
+                if ok and job.kind == "chunk"
+                else (0 if ok else job.n)
             )
             if seq and job.sink.received < seq:  # streamed frames still on their way: wait
                 _defer(self._complete, job, call_id, ok, value, errors, exec_s, rest, seq)

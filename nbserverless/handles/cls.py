@@ -2,6 +2,10 @@
 each replica runs ``__init__(args)`` once, at its cold start. ``__call__`` and every public
 method run remotely, with ``submit``/``map``/``starmap`` too.
 
+Fresh code: a handle runs the class's code as it was when the handle was made (its replicas
+keep their instance); a handle made after a method, a helper or a global it reads changed
+gets the new code. ``__init__`` arguments are pickled when the handle is made.
+
 Example::
 
     @nbs.remote(max_replicas=2, batch_size=64)
@@ -23,8 +27,8 @@ from typing import Any
 
 from ..core.pool import Pool
 from ..options import Options
-from ..shipping import dumps_code, dumps_value, notebook_sources
-from .invoker import Invoker, PoolOwner, _Callable
+from ..shipping import Watch, dumps_code, notebook_sources
+from .invoker import Invoker, PoolOwner, _Callable, encode_args
 
 _handle_ids = itertools.count(1)
 
@@ -41,12 +45,17 @@ class RemoteClass:
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
         self._code: bytes | None = None
+        self._watch: Watch | None = None
+        self._funcs: list[Any] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> ClassHandle:
-        if self._code is None:
+        if self._watch is None or self._watch.changed():  # fresh code for each new handle
+            watch = Watch(self._cls)
             self._code = dumps_code(self._cls, self.name)
-        dumps_value((args, kwargs), f"{self.name}() arguments")  # fail here, not at cold start
-        return ClassHandle(self, args, kwargs)
+            self._watch, self._funcs = watch, watch.funcs
+        # pickled now, by the one pickler: fails here, not at cold start
+        init = encode_args(args, kwargs, f"{self.name}()")
+        return ClassHandle(self, init, self._code, self._funcs)
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """An ordinary instance in this kernel. Example: ``Embedder.local(path).dim()``."""
@@ -69,10 +78,12 @@ class ClassHandle(PoolOwner, _Callable):
     _kind = "class"
     _batch_method = "__call__"
 
-    def __init__(self, rc: RemoteClass, args: tuple, kwargs: dict):
+    def __init__(self, rc: RemoteClass, init: bytes, code: bytes, funcs: list[Any]):
         self._rc = rc
         self._options = rc.options
-        self._init = (args, kwargs)
+        self._init = init  # the pickled (args, kwargs) of __init__
+        self._code = code
+        self._sources = notebook_sources(rc._cls, funcs)
         n = next(_handle_ids)
         self.name = rc.name if n == 1 else f"{rc.name}[{n}]"
         self._key = f"{rc.name}#handle{n}"
@@ -82,8 +93,9 @@ class ClassHandle(PoolOwner, _Callable):
 
     def _new_pool(self) -> Pool:
         rc = self._rc
-        sources = notebook_sources(rc._cls)
-        return Pool(self.name, "class", rc._code, sources, self._init, rc.options, key=self._key)
+        return Pool(
+            self.name, "class", self._code, self._sources, self._init, rc.options, key=self._key
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "__call__" not in vars(self._rc._cls) and not any(

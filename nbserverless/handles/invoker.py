@@ -6,34 +6,99 @@ Example: ``Invoker(handle, None, batched=False).call((3,), {})``.
 
 from __future__ import annotations
 
-import pickle
+import contextvars
+import os
 import threading
+import traceback
 from concurrent.futures import Future
 from typing import Any
 
 from ..core.pool import Job, Pool
-from ..errors import RemoteError, RemoteTraceback
+from ..errors import RemoteError, RemoteExitError, RemoteTraceback, SerializationError
+from ..shipping import cell_display_name, diagnose_args
+from ..worker import codec
 from ..worker.replica import UserError
+
+#: True while ``.local()`` runs: calls of remote handles made meanwhile run locally too
+LOCAL_MODE: contextvars.ContextVar[bool] = contextvars.ContextVar("nbs_local", default=False)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REMOTE_MARK = "  -- on a replica --"
 
 
 def rebuild_error(value: Any) -> BaseException:
     """The exception object a caller sees for a failed call: the user's own exception type
-    with the remote traceback as its cause, or one of ours for infrastructure failures."""
+    with the remote traceback as its cause, or one of ours for infrastructure failures.
+    ``SystemExit``/``KeyboardInterrupt`` raised remotely come back as ``RemoteExitError``."""
     if isinstance(value, BaseException):
         return value
-    if isinstance(value, UserError):
-        exc: BaseException | None = None
-        if value.blob is not None:
-            try:
-                exc = pickle.loads(value.blob)
-            except Exception:
-                exc = None
-        if not isinstance(exc, BaseException):
-            exc = RemoteError(f"{value.type_name}: {value.message}")
+    if not isinstance(value, UserError):
+        return RemoteError(f"unexpected reply: {value!r}")
+    exc: BaseException | None = None
+    if value.blob is not None:
+        try:
+            exc = codec.loads(value.blob)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(f"{value.type_name}: {value.message}")
+    elif not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt, GeneratorExit
+        what = f"{type(exc).__name__}({', '.join(map(repr, exc.args))})"
+        exc = RemoteExitError(
+            f"the remote code raised {what} on a replica; it is reported as this error so that "
+            "it does not stop the kernel (the replica did not exit). `.original` is that "
+            "exception.",
+            exc,
+        )
+    if value.tb:
         exc.__cause__ = RemoteTraceback(value.tb)
         exc.__suppress_context__ = True
-        return exc
-    return RemoteError(f"unexpected reply: {value!r}")
+        _render_user_frames(exc, value.tb)
+    elif isinstance(exc, SerializationError):
+        _render_user_frames(exc, "")
+    return exc
+
+
+def _render_user_frames(exc: BaseException, remote_tb: str) -> None:
+    """Make IPython show the user's code only: the notebook frames that made the call, then
+    the replica's frames (as ipyparallel does, through ``_render_traceback_``). ``%tb`` and
+    ``%debug`` still see the local exception."""
+
+    def render() -> list[str]:
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if not f.filename.startswith(_PACKAGE_DIR) and "/IPython/" not in f.filename
+        ]
+        lines = ["Traceback (most recent call last):"]
+        for line in traceback.format_list(frames):
+            for filename in {f.filename for f in frames}:
+                display = cell_display_name(filename)
+                if display:
+                    line = line.replace(f'File "{filename}"', f'File "{display}"')
+            lines.append(line.rstrip("\n"))
+        remote = remote_tb.rstrip("\n").splitlines()
+        if remote and remote[0].startswith("Traceback (most recent call last)"):
+            remote = remote[1:]
+        if remote:
+            lines.append(REMOTE_MARK)
+            lines.extend(remote)
+        else:
+            lines.extend(traceback.format_exception_only(type(exc), exc)[-1:])
+        return lines
+
+    try:
+        exc._render_traceback_ = render  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+def encode_args(args: tuple, kwargs: dict, name: str) -> bytes:
+    """A call's arguments pickled in the kernel, by the one pickler, before anything is sent
+    (an unpicklable argument fails here, naming it, and no replica starts)."""
+    try:
+        return codec.encode_args(args, kwargs)
+    except Exception:
+        raise diagnose_args(args, kwargs, name) from None
 
 
 class Stats(dict):
@@ -105,14 +170,25 @@ class Invoker:
     def _pool(self) -> Pool:
         return self._owner._get_pool()
 
-    def call(self, args: tuple, kwargs: dict) -> Any:
+    def _prepare(self, args: tuple, kwargs: dict) -> tuple[Pool, Any]:
+        """The pool (fresh code shipped if it changed) and the pickled arguments."""
+        payload = None if self._batched else encode_args(args, kwargs, self._owner.name)
         pool = self._pool()
+        refresh = getattr(self._owner, "_refresh", None)  # not on %%serverless cell pools
+        if refresh is not None:
+            refresh(pool)
+        return pool, payload
+
+    def call(self, args: tuple, kwargs: dict) -> Any:
+        if LOCAL_MODE.get() and hasattr(self._owner, "_run_local"):
+            return self._owner._run_local(self._method, args, kwargs)
+        pool, payload = self._prepare(args, kwargs)
         box = _Box()
         if self._batched:
             job = None
             self._owner._batcher().add(_one_item(args, kwargs, pool.name), box.done)
         else:
-            job = pool.call_sync(self._method, args, kwargs, box.done)
+            job = pool.call_sync(self._method, payload, None, box.done)
         if box.ok is None:
             box.event = threading.Event()
             if box.ok is None:
@@ -128,13 +204,19 @@ class Invoker:
         raise rebuild_error(box.value)
 
     def submit(self, args: tuple, kwargs: dict) -> CallFuture:
-        pool = self._pool()
         fut = CallFuture()
+        if LOCAL_MODE.get() and hasattr(self._owner, "_run_local"):
+            try:
+                fut.set_result(self._owner._run_local(self._method, args, kwargs))
+            except Exception as exc:
+                fut.set_exception(exc)
+            return fut
+        pool, payload = self._prepare(args, kwargs)
         done = _future_done(fut)
         if self._batched:
             self._owner._batcher().add(_one_item(args, kwargs, pool.name), done)
             return fut
-        job = Job("call", self._method, (args, kwargs), 1, done)
+        job = Job("call", self._method, (payload, None), 1, done)
         fut._nbs_cancel = lambda: pool.cancel(job)
         fut.set_running_or_notify_cancel()
         pool.submit(job)
@@ -153,6 +235,12 @@ class Invoker:
 
         if not iterables:
             raise TypeError("map() needs at least one iterable of inputs")
+        if LOCAL_MODE.get() and hasattr(self._owner, "_run_local"):
+            run = self._owner._run_local
+            if star or len(iterables) > 1:
+                rows = iterables[0] if star else zip(*iterables, strict=False)
+                return (run(self._method, tuple(r), {}) for r in rows)
+            return (run(self._method, (x,), {}) for x in iterables[0])
         if len(iterables) == 1:
             items = iterables[0]
             total = _len(items)
@@ -161,7 +249,7 @@ class Invoker:
             lens = [_len(i) for i in iterables]
             total = None if None in lens else min(lens)
             it, star = zip(*iterables, strict=False), True
-        pool = self._pool()
+        pool, _ = self._prepare((), {})
         return MapRun(
             pool,
             self._method,
@@ -259,6 +347,13 @@ class PoolOwner:
 
     def _new_pool(self) -> Pool:
         raise NotImplementedError
+
+    def _refresh(self, pool: Pool) -> None:
+        """Fresh code: ship a new version if what the code references changed (functions)."""
+
+    def _run_local(self, method: str | None, args: tuple, kwargs: dict) -> Any:
+        """A call made while ``.local()`` runs (only function handles have ``.local()``)."""
+        raise RuntimeError(f"{self.name}: cannot run locally")
 
     def _get_pool(self) -> Pool:
         pool = self._pool_obj

@@ -11,10 +11,9 @@ import ast
 import asyncio
 import builtins
 import linecache
-import pickle
 from typing import Any
 
-import cloudpickle
+from . import codec
 
 LAST_VALUE = "<the cell's value>"
 
@@ -66,7 +65,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for name, blob in job["inputs"].items():
         try:
-            ns[name] = pickle.loads(blob)
+            ns[name] = codec.loads(blob)
         except Exception as exc:
             raise type(exc)(
                 f"the notebook value {name!r} could not be rebuilt on the replica: {exc}"
@@ -82,13 +81,13 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
                 failed[name] = "the cell did not define it"
             continue
         try:
-            outputs[name] = cloudpickle.dumps(ns[name])
+            outputs[name] = codec.dumps(ns[name])
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
     blob = None
     if value is not None and job.get("want_value", True):
         try:
-            blob = cloudpickle.dumps(value)
+            blob = codec.dumps(value)
         except Exception as exc:
             failed[LAST_VALUE] = f"{type(exc).__name__}: {exc}"
     return {"outputs": outputs, "value": blob, "failed": failed}

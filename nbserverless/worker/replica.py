@@ -12,6 +12,8 @@ frames streamed live over the output socket for this call.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import pickle
 import socket
@@ -23,7 +25,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Any
 
-import cloudpickle
+from . import codec
 
 STREAM_AFTER_S = 0.2  # output of calls running longer than this streams live
 FLUSH_EVERY_S = 0.1
@@ -39,7 +41,7 @@ class UserError:
         self.message = str(exc)
         self.tb = tb
         try:
-            self.blob = cloudpickle.dumps(exc)
+            self.blob = codec.dumps(exc)
         except Exception:
             self.blob = None
 
@@ -167,15 +169,57 @@ def _can_leave_idle() -> bool:
         return False
 
 
-def _format_tb(exc: BaseException, names: dict[str, str], skip: int = 1) -> str:
-    tb = exc.__traceback__
-    for _ in range(skip):
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
+_RUNTIME_DIRS = (
+    _WORKER_DIR,
+    os.path.dirname(asyncio.__file__),
+    os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "threading.py",
+    os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "concurrent",
+)
+
+
+def _format_tb(exc: BaseException, names: dict[str, str]) -> str:
+    """The traceback of a user exception as the notebook shows it: the user's frames only
+    (none of the replica's, asyncio's or threading's), notebook files as ``<cell N>``."""
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if not f.filename.startswith(_RUNTIME_DIRS)]
+    )
+    text = "".join(te.format())
     for filename, display in names.items():
         text = text.replace(f'File "{filename}"', f'File "{display}"')
     return text
+
+
+def _serialization_error(what: str, value: Any, exc: BaseException) -> UserError:
+    from ..errors import SerializationError
+
+    if isinstance(value, list):  # a batch's results: name the first that cannot be pickled
+        for item in value:
+            try:
+                codec.dumps(item)
+            except Exception as item_exc:
+                value, exc = item, item_exc
+                break
+    kind = type(value)
+    err = SerializationError(
+        f"{what} cannot be pickled: a {kind.__module__}.{kind.__qualname__} "
+        f"({type(exc).__name__}: {_first_line(exc)}). Return plain data instead (convert it, "
+        "or build such objects in the kernel)."
+    )
+    return UserError(err, "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _settle_value(value: Any) -> Any:
+    """The value of a call: an ``async def`` function's coroutine is run here."""
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    return value
 
 
 class Replica:
@@ -187,6 +231,8 @@ class Replica:
         self.target: Any = None
         self.kind = None
         self.names: dict[str, str] = {}
+        self.version = 0  # of the code loaded (fresh code: see _refresh)
+        self._refresh_lock = threading.Lock()
         self._link = _OutputLink(out_address)
         self._active: dict[int, _CallOutput] = {}
         self._active_lock = threading.Lock()
@@ -206,18 +252,14 @@ class Replica:
 
     def _load(self, spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        import linecache
-
-        for filename, (display, lines, _) in spec.get("sources", {}).items():
-            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
-            self.names[filename] = display
-        obj = pickle.loads(spec["code"])
+        self._add_sources(spec.get("sources", {}))
+        obj = codec.loads(spec["code"])
         self.kind = spec["kind"]
         if self.kind == "class":
-            args, kwargs = spec.get("init", ((), {}))
+            args, kwargs = codec.decode(spec.get("init") or ((), {}))
             self._begin(-1)
             try:
-                self.target = obj(*args, **kwargs)
+                self.target = obj(*args, **(kwargs or {}))
             except BaseException as exc:
                 return {"ok": False, "error": UserError(exc, _format_tb(exc, self.names))}
             finally:
@@ -226,6 +268,28 @@ class Replica:
         else:
             self.target = obj
         return {"ok": True, "init_s": time.perf_counter() - t0, **self.ping()}
+
+    def _add_sources(self, sources: dict) -> None:
+        import linecache
+
+        for filename, (display, lines, _) in sources.items():
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+            self.names[filename] = display
+
+    def _refresh(self, code: Any) -> None:
+        """Fresh code: a request carries ``(version, [ref])`` once the kernel re-pickled the
+        function (a helper redefined, a global rebound); load it if this replica's is older."""
+        if code is None or code[0] <= self.version:
+            return
+        with self._refresh_lock:
+            if code[0] <= self.version:
+                return
+            import ray
+
+            spec = ray.get(code[1][0])
+            self._add_sources(spec.get("sources", {}))
+            self.target = codec.loads(spec["code"])
+            self.version = code[0]
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -265,35 +329,52 @@ class Replica:
         for stream, text in chunks or ():
             getattr(sys, stream)._original.write(text)
 
-    def _run(self, call_id: int, thunk: Any) -> list:
-        """Run ``thunk()`` as call ``call_id``: its output captured, its time measured, a
-        user exception wrapped; returns the envelope."""
+    def _run(self, call_id: int, thunk: Any, what: str = "the return value") -> list:
+        """Run ``thunk()`` as call ``call_id``: its output captured, its time measured, its
+        value pickled (the one pickler), a user exception wrapped; returns the envelope."""
         self._begin(call_id)
         t0 = time.perf_counter()
         try:
-            value, ok = thunk(), True
+            value, ok = _settle_value(thunk()), True
         except BaseException as exc:
             value, ok = UserError(exc, _format_tb(exc, self.names)), False
         exec_s = time.perf_counter() - t0
+        if ok:
+            try:
+                value = codec.dumps(value)
+            except Exception as exc:
+                value, ok = _serialization_error(what, value, exc), False
         rest, seq = self._end()
         return [ok, value, exec_s, rest, seq]
 
     def call(self, req: list) -> list:
-        """One call; ``req`` is ``[method, args, kwargs, call_id]`` in one argument, which
-        Ray serializes once instead of four times (lists take Ray's msgpack fast path)."""
-        method, args, kwargs, call_id = req
+        """One call; ``req`` is ``[method, args, call_id, code]`` in one argument (``args``
+        the bytes of ``(args, kwargs)``, ``code`` None or a newer version of the code)."""
+        method, payload, call_id, code = req
+        if code is not None:
+            self._refresh(code)
+        args, kwargs = codec.decode(payload)
         fn = self._fn(method)
         return self._run(call_id, (lambda: fn(*args, **kwargs)) if kwargs else (lambda: fn(*args)))
 
-    def batch(self, method: str | None, items: list, call_id: int) -> list:
+    def batch(self, method: str | None, payload: Any, call_id: int, code: Any = None) -> list:
         """One call of a batched function with a list; checks it returns a list as long."""
+        self._refresh(code)
+        items = codec.decode(payload)
         fn = self._fn(method)
-        return self._run(call_id, lambda: _as_batch_result(fn(items), len(items)))
+        return self._run(
+            call_id, lambda: _as_batch_result(fn(items), len(items)), "a result of the batch"
+        )
 
-    def chunk(self, method: str | None, items: list, star: bool, call_id: int) -> list:
+    def chunk(
+        self, method: str | None, payload: Any, star: bool, call_id: int, code: Any = None
+    ) -> list:
         """Several items of a map in one round trip; every item succeeds or fails alone.
-        The value is ``[values, errors]``: errors is None, or ``{index: UserError}`` (with
-        None at that index in values), so an all-good chunk carries no per-item wrapping."""
+        The value is ``[values, errors]``: values pickled as one list, errors None or
+        ``{index: UserError}`` (with None at that index in values), so an all-good chunk
+        carries no per-item wrapping."""
+        self._refresh(code)
+        items = codec.decode(payload)
         self._begin(call_id)
         fn = self._fn(method)
         values: list = []
@@ -306,10 +387,10 @@ class Replica:
             try:
                 if star:
                     for item in rest_items:
-                        append(fn(*item))
+                        append(_settle_value(fn(*item)))
                 else:
                     for item in rest_items:
-                        append(fn(item))
+                        append(_settle_value(fn(item)))
                 break
             except BaseException as exc:
                 if errors is None:
@@ -318,8 +399,12 @@ class Replica:
                 append(None)
                 start = len(values)
         exec_s = time.perf_counter() - t0
+        try:
+            blob = codec.dumps(values)
+        except Exception:
+            blob, errors = _pickle_items(values, errors)
         rest, seq = self._end()
-        return [True, [values, errors], exec_s, rest, seq]
+        return [True, [blob, errors], exec_s, rest, seq]
 
     # -- live output ---------------------------------------------------------------------
 
@@ -339,6 +424,18 @@ class Replica:
                             out.seq += 1
                         else:
                             out.chunks = chunks + out.chunks
+
+
+def _pickle_items(values: list, errors: dict | None) -> tuple[bytes, dict]:
+    """A chunk's values when some cannot be pickled: those become that item's error."""
+    errors = dict(errors or {})
+    for i, value in enumerate(values):
+        try:
+            codec.dumps(value)
+        except Exception as exc:
+            errors[i] = _serialization_error("the return value", value, exc)
+            values[i] = None
+    return codec.dumps(values), errors
 
 
 def _as_batch_result(value: Any, n_items: int) -> list:
