@@ -116,6 +116,12 @@ FLAGS = ["--cpus", "--gpus", "--memory", "--timeout", "--retries", "--name", "--
          "--env", "--bogus", "-h", "--", "-"]  # fmt: skip
 # Characters str.splitlines() breaks at end the magic's line in IPython: they are the body's.
 LINE_BREAKS = "".join(c for c in map(chr, range(0x3000)) if len(f"a{c}b".splitlines()) > 1)
+
+
+def without_breaks(text: str) -> str:
+    return "".join(c for c in text if c not in LINE_BREAKS)
+
+
 token = st.one_of(
     st.sampled_from(FLAGS),
     numbers_.map(str),
@@ -164,7 +170,9 @@ def test_cell_option_strings_fail_in_one_line_or_ray_accepts_them(warm_pool, ip,
 
 config_items = st.lists(
     st.tuples(st.one_of(st.sampled_from(list(nbs_settings.DEFAULTS)), text_), values).map(
-        lambda kv: f"{kv[0]}={kv[1]!r}" if not isinstance(kv[1], str) else f"{kv[0]}={kv[1]}"
+        lambda kv: without_breaks(
+            f"{kv[0]}={kv[1]!r}" if not isinstance(kv[1], str) else f"{kv[0]}={kv[1]}"
+        )
     ),
     min_size=1,
     max_size=3,
