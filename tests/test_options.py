@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import nbserverless as nbs
@@ -21,6 +22,24 @@ def test_memory_sizes():
     "kwargs, message",
     [
         ({"cpus": "abc"}, "cpus='abc': must be a number"),
+        # what Ray rejects at replica start must be rejected here, naming the option
+        ({"cpus": 0.00001}, r"cpus=1e-05: Ray reserves CPUs in steps of 0.0001"),
+        ({"gpus": 1e-9}, r"gpus=1e-09: Ray reserves GPUs in steps of 0.0001"),
+        ({"cpus": -1}, "cpus=-1: must be at least 0"),
+        ({"cpus": float("nan")}, "cpus=nan: must be a finite number"),
+        ({"cpus": float("inf")}, "cpus=inf: must be a finite number"),
+        ({"cpus": 1e300}, r"cpus=1e\+300: must be at most 1e\+14"),
+        ({"memory": 0.5}, "memory=0.5: must be at least 1"),
+        ({"memory": "9" * 400 + "GB"}, "memory='99.*: must be a finite number"),
+        ({"max_replicas": 10**400}, "max_replicas=1000.*: must be at most 10000"),
+        ({"concurrency": 10**9}, "concurrency=1000000000: must be at most 1000"),
+        ({"timeout": 1e300}, r"timeout=1e\+300: must be at most"),
+        ({"keep_alive": True}, "keep_alive=True: must be a number"),
+        ({"pip": 5}, r"pip=5: must be a list of requirement strings"),
+        ({"pip": ["numpy\n--index-url x"]}, "not a requirement"),
+        ({"env": {"A=B": "x"}}, "not an environment variable name"),
+        ({"env": 5}, "env=5: must be a dict of str to str"),
+        ({"name": "a\nb"}, "must be printable"),
         ({"max_replicas": 0}, "max_replicas=0: must be at least 1"),
         ({"min_replicas": 3, "max_replicas": 2}, "above max_replicas"),
         ({"concurrency": 1.5}, "whole number"),
@@ -29,8 +48,42 @@ def test_memory_sizes():
     ],
 )
 def test_bad_options_say_what_to_change(kwargs, message):
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises((ValueError, TypeError), match=message) as info:
         Options.resolve(**kwargs)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_resources_are_rounded_to_rays_step():
+    assert Options.resolve(cpus=1 / 3).cpus == 0.3333
+    assert Options.resolve(cpus=0.0001, gpus=0).cpus == 0.0001
+    assert Options.resolve(max_replicas=np.int64(3)).max_replicas == 3
+
+
+def test_accepted_options_are_accepted_by_ray():
+    """The replica actor's ``.options(...)`` is validated by Ray without starting anything."""
+    import ray
+
+    actor = ray.remote(type("Probe", (), {}))
+    for kw in [{"cpus": 0.0001}, {"cpus": 1e14, "memory": "1GiB"}, {"concurrency": 1000},
+               {"env": {"K": "v"}, "pip": ["six"]}]:  # fmt: skip
+        actor.options(**Options.resolve(**kw).ray_actor_options())
+
+
+def test_ray_itself_rejects_what_we_reject():
+    """The rule we copy is Ray's: a finer fraction than 0.0001 fails in Ray's own validation."""
+    import ray
+
+    with pytest.raises(ValueError, match="0.0001"):
+        ray.remote(type("Probe", (), {})).options(num_cpus=0.00001)
+
+
+def test_config_defaults_are_validated_when_used():
+    nbs.config(cpus=0.00001)
+    try:
+        with pytest.raises(ValueError, match="cpus=1e-05"):
+            nbs.remote(lambda: 1)
+    finally:
+        nbs.config.reset()
 
 
 def test_defaults_come_from_config():

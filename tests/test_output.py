@@ -8,6 +8,14 @@ import time
 import nbserverless as nbs
 
 
+def closed_by_peer(sock) -> bool:
+    """Whether the other end closed the connection (a FIN, or a reset if data was unread)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
 class Recorder:
     def __init__(self):
         self.writes: list[tuple[float, str]] = []
@@ -64,3 +72,117 @@ def test_map_output_comes_back_with_results(ray_cluster, capsys):
     assert list(shout.map(range(5), progress=False)) == list(range(5))
     out = capsys.readouterr().out
     assert all(f"item-{i}" in out for i in range(5))
+
+
+# ---- the output socket: loopback, token first, one thread --------------------------------
+
+
+def _router_address():
+    from nbserverless.core.output import ROUTER
+
+    return ROUTER, ROUTER.address
+
+
+def _connect(address):
+    import socket
+
+    return socket.create_connection(address[:2], timeout=5)
+
+
+def test_socket_binds_the_loopback_on_the_embedded_cluster(ray_cluster):
+    @nbs.remote(cpus=0.1)
+    def one():
+        return 1
+
+    assert one() == 1
+    _, address = _router_address()
+    assert address is not None and address[0] == "127.0.0.1"
+
+
+def test_socket_binds_the_loopback_when_connected_by_address_to_local_nodes(subprocess_env):
+    """``nbserverless run`` starts its cluster and the kernel connects by address: every node
+    is on this machine, so the socket still listens on the loopback only."""
+    import subprocess
+
+    code = (
+        "import nbserverless as nbs\n"
+        "from nbserverless.core import cluster\n"
+        "from nbserverless.core.output import ROUTER\n"
+        "f = nbs.remote(cpus=0.1)(lambda: 7)\n"
+        "assert f() == 7\n"
+        "print('EMBEDDED', cluster.is_embedded(), 'BOUND', ROUTER.address[0])\n"
+        "nbs.shutdown()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "EMBEDDED False BOUND 127.0.0.1" in out.stdout
+
+
+def test_idle_unauthenticated_connections_hold_no_threads(ray_cluster, monkeypatch):
+    """300 idle connections that never send the token: no thread each, at most MAX_PENDING
+    kept, all dropped after the auth timeout; live output keeps working meanwhile."""
+    import threading
+
+    from conftest import wait_until
+
+    from nbserverless.core import output
+
+    @nbs.remote(cpus=0.1)
+    def chatty():
+        print("still here", flush=True)
+        time.sleep(1.5)
+        return 2
+
+    assert chatty() == 2  # the router is up
+    router, address = _router_address()
+    threads_before = threading.active_count()
+    socks = [_connect(address) for _ in range(300)]
+    try:
+        wait_until(lambda: sum(router.connections()) > 0, what="connections accepted")
+        assert threading.active_count() <= threads_before + 1  # not one per connection
+        assert router.connections()[0] <= output.MAX_PENDING
+        rec = Recorder()
+        monkeypatch.setattr(sys, "stdout", rec)
+        assert chatty() == 2
+        assert "still here" in rec.text()
+        wait_until(
+            lambda: router.connections()[0] == 0,
+            timeout=output.AUTH_TIMEOUT_S + 10,
+            what="unauthenticated connections dropped",
+        )
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_wrong_token_is_dropped_and_frames_unpickle_plain_data_only(ray_cluster, tmp_path):
+    """Nothing is unpickled before the token matches; after it, no class or call is loaded."""
+    import os
+    import pathlib
+    import pickle
+    import struct
+
+    @nbs.remote(cpus=0.1)
+    def one():
+        return 1
+
+    assert one() == 1
+    router, address = _router_address()
+    marker = tmp_path / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    payload = pickle.dumps((1, Evil()))
+    frame = struct.pack("!I", len(payload)) + payload
+    for token in (b"x" * 32, address[2].encode()):  # wrong token, then the right one
+        s = _connect(address)
+        s.sendall(struct.pack("!I", len(token)) + token + frame)
+        s.settimeout(10)
+        assert closed_by_peer(s)  # closed by the kernel
+        s.close()
+    assert not os.path.exists(marker)

@@ -379,6 +379,14 @@ def execute_command(shell: Any, command: str, items: list[str]) -> Any:
     return None
 
 
+def _parse_line(magic: Any, line: str) -> Any:
+    """The magic's arguments; a line shlex cannot split (an unbalanced quote) is a UsageError."""
+    try:
+        return magic_arguments.parse_argstring(magic, line)
+    except ValueError as exc:
+        raise UsageError(f"{exc} in {line!r}") from None
+
+
 @magics_class
 class ServerlessMagics(Magics):
     """``%%serverless`` and ``%serverless``."""
@@ -396,7 +404,7 @@ class ServerlessMagics(Magics):
             %%serverless --cpus 2 --memory 4GiB --out model
             model = train(data)
         """
-        args = magic_arguments.parse_argstring(self.serverless_cell, line)
+        args = _parse_line(self.serverless_cell, line)
         return execute_cell(self.shell, args, line, cell)
 
     @magic_arguments.magic_arguments(name="%serverless")
@@ -408,7 +416,7 @@ class ServerlessMagics(Magics):
 
         Example: ``%serverless config keep_alive=30 inline=false``.
         """
-        args = magic_arguments.parse_argstring(self.serverless_line, line)
+        args = _parse_line(self.serverless_line, line)
         return execute_command(self.shell, args.command, args.args)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from . import codec
 
+from . import watchdog
+
 STREAM_AFTER_S = 0.2  # output of calls running longer than this streams live
 FLUSH_EVERY_S = 0.1
 
@@ -238,6 +240,7 @@ class Replica:
         self._active_lock = threading.Lock()
         _install_streams()
         threading.Thread(target=self._flusher, name="nbs-output", daemon=True).start()
+        watchdog.start()  # exit when the raylet is gone (a killed kernel's cluster)
 
     def ping(self) -> dict[str, Any]:
         return {"t_start": self.t_start, "pid": os.getpid(), "node": _node_ip()}
