@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import CLUSTER, Skip, notebook_def, wait_until
+from ._keepalive_sim import simulate
 from ._trace import FIELDS, MS_PER_TOKEN, Arrival, load, replay, report
 
 __all__ = ["FIELDS", "load", "replay", "report", "run", "run_nbs", "run_serve"]
@@ -255,11 +256,14 @@ def run_trace(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, 
                     n=len(arrivals), ok=ok, note=why)  # fmt: skip
         ctx.note(SC, f"{trace} {args.speedup:g}x: " + _line(rep))
     _checks(ctx, trace, args, reports)
+    sims = model(ctx, trace, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"trace": trace, "arrivals": len(arrivals), "speedup": args.speedup,
             "ms_per_token": args.ms_per_token, "cpus": CPUS, "max_replicas": MAX_REPLICAS}  # fmt: skip
     out = RESULTS / f"trace_replay_{trace}.json"
-    out.write_text(json.dumps({**meta, "sides": reports}, indent=1, default=str) + "\n")
+    out.write_text(
+        json.dumps({**meta, "sides": reports, "model": sims}, indent=1, default=str) + "\n"
+    )
     png = plot(trace, reports, RESULTS / f"trace_replay_{trace}.png", args.speedup)
     ctx.note(SC, f"{trace}: details {out.name}" + (f", plot {png.name}" if png else ", no plot"))
     return reports
@@ -280,6 +284,25 @@ def _checks(ctx: Any, trace: str, args: argparse.Namespace, reports: list[dict])
             v = a / b if b else (1.0 if a == b else math.inf)
             ctx.check(SC, f"{trace}: learned / fixed keep-alive, {what}", v, "<=", 1.0,
                       valid=learned["lost"] == 0 and fixed["lost"] == 0)  # fmt: skip
+
+
+def model(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The keep-alive policies on the WHOLE trace in the pool model of _keepalive_sim.py (no
+    cluster, seconds): fixed, fixed default (60 s), learned. Notes and info checks."""
+    full = load(trace, None, args.speedup)
+    kw = {"ms_per_token": args.ms_per_token, "max_replicas": MAX_REPLICAS}
+    sims = [simulate(full, keep_alive=k, **kw) for k in (args.keep_alive, 60.0, "auto")]
+    for r in sims:
+        ctx.note(SC, f"model, whole {trace} trace ({len(full)} arrivals, {args.speedup:g}x), "
+                 f"{r['policy']}: cold starts {r['cold_starts']}, idle replica-s "
+                 f"{r['idle_replica_s']:.0f}, billed replica-s {r['replica_s']:.0f}, p99 "
+                 f"{r['p99_s']:.2f} s; {r['label']}")  # fmt: skip
+    learned, default = sims[2], sims[1]
+    for what, key in (("cold starts", "cold_starts"), ("idle replica-s", "idle_replica_s")):
+        a, b = learned[key], default[key]
+        ctx.check(SC, f"model {trace}: learned / fixed 60 s, {what} (info)",
+                  a / b if b else (1.0 if a == b else math.inf), "<=", 1.0)  # fmt: skip
+    return sims
 
 
 def plot(trace: str, reports: list[dict], path: Path, speedup: float) -> Path | None:

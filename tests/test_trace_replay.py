@@ -101,3 +101,19 @@ def test_learned_keep_alive_replay_loses_nothing_or_says_why_not(ray_cluster):
         assert "keep_alive" in str(e)  # rejected until the pool takes "auto"
         pytest.skip(str(e))
     check_report(rep, len(arr))
+
+
+def test_keep_alive_model_serves_every_request_and_accounts_the_work():
+    from benchmarks._keepalive_sim import simulate
+
+    arr = arrivals("code", None, 10.0)  # the whole hour, in a second
+    work = sum(a.tokens for a in arr) * 0.2 / 1000
+    runs = {k: simulate(arr, keep_alive=k) for k in (2.0, 60.0, "auto")}
+    for r in runs.values():
+        assert r["busy_replica_s"] == pytest.approx(work)
+        assert 1 <= r["cold_starts"] <= r["replica_starts"] <= len(arr)
+        assert r["idle_replica_s"] > 0 and r["p99_s"] > 0
+    # a longer fixed keep-alive: fewer cold starts, more idle time
+    assert runs[60.0]["cold_starts"] < runs[2.0]["cold_starts"]
+    assert runs[60.0]["idle_replica_s"] > runs[2.0]["idle_replica_s"]
+    assert "(learned)" in runs["auto"]["label"]
