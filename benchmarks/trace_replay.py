@@ -270,20 +270,19 @@ def run_trace(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, 
 
 
 def _checks(ctx: Any, trace: str, args: argparse.Namespace, reports: list[dict]) -> None:
-    by = {r["side"].split(" keep_alive")[0] + (" auto" if "auto" in r["side"] else ""): r
-          for r in reports}  # fmt: skip
     fixed = next((r for r in reports if r["side"].startswith("nbs fixed")), None)
-    learned = by.get("nbs learned auto")
+    learned = next((r for r in reports if "learned" in r["side"]), None)
     if trace == "conv" and fixed is not None:
         at = "" if args.speedup == 10 else f" (info: at {args.speedup:g}x, the target is at 10x)"
         ctx.check(SC, f"conv: nbs fixed keep-alive p99, 10x{at}", fixed["p99_ms"] / 1000,
                   "<=", 2.0, 2.0, unit=" s", valid=fixed["lost"] == 0)  # fmt: skip
-    if fixed is not None and learned is not None:
+    base = next((r for r in reports if "(default)" in r["side"]), fixed)
+    if base is not None and learned is not None:
         for what, key in (("cold starts", "cold_starts"), ("idle cost", "idle_cost")):
-            a, b = learned[key], fixed[key]
+            a, b = learned[key], base[key]
             v = a / b if b else (1.0 if a == b else math.inf)
-            ctx.check(SC, f"{trace}: learned / fixed keep-alive, {what}", v, "<=", 1.0,
-                      valid=learned["lost"] == 0 and fixed["lost"] == 0)  # fmt: skip
+            ctx.check(SC, f"{trace}: learned / {base['side'][4:]}, {what}", v, "<=", 1.0,
+                      valid=learned["lost"] == 0 and base["lost"] == 0)  # fmt: skip
 
 
 def model(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, Any]]:
