@@ -192,6 +192,11 @@ def test_gap_runs_from_the_end_of_activity_when_told():
     assert list(ka.hist.recent) == [10.0]
     ka.observe_idle_gap(33.0)
     assert list(ka.hist.recent) == [10.0, 33.0]
+    fed = LearnedKeepAlive(min_samples=3)  # measured gaps only, no calls seen
+    for g in (5.0, 6.0, 7.0):
+        fed.observe_idle_gap(g)
+    d = fed.decide(100.0)
+    assert d.learned and 7.0 <= d.keep_alive_s <= 7.0 * 1.1 * 1.1
 
 
 def test_histogram_is_bounded_and_evicts():

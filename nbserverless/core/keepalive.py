@@ -256,7 +256,7 @@ class LearnedKeepAlive:
         if h.count < self.min_samples:
             return self._fixed(f"learning {h.count}/{self.min_samples}")
         last = self._last_activity()
-        assert last is not None
+        last = now if last is None else last  # gaps fed by observe_idle_gap alone
         if h.oob * 2 > h.count:  # mostly beyond the histogram's range
             oob = h.oob_gaps()
             pred = _median(oob)
