@@ -88,7 +88,7 @@ def test_replay_against_the_cluster_loses_nothing_and_reports_every_field(ray_cl
     )
     check_report(rep, len(arr))
     assert rep["cold_starts"] >= 1  # zero replicas at the start
-    assert rep["keep_alive"] == "keep-alive 1.0"
+    assert rep["keep_alive"].startswith("keep-alive")
 
 
 def test_learned_keep_alive_replay_loses_nothing_or_says_why_not(ray_cluster):
