@@ -16,4 +16,6 @@ SCENARIOS = [
     "map_work",
     "batch_inference",
     "scale_down",
+    # long (minutes): real arrivals of the Azure LLM inference traces; its options after the name
+    "trace_replay",
 ]

@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the JSON dump (default benchmarks/results/latest.json)",
     )
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-round progress on stderr")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)  # the rest: trace_replay's own options
+    if extra and "trace_replay" not in args.scenarios:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     names = args.scenarios or list(SCENARIOS)
     bad = [n for n in names if n not in SCENARIOS]
     if bad:
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in SCENARIOS if n in names]  # canonical order
     rounds = args.rounds or (2 if args.quick else 5)
     ctx = Ctx(rounds=rounds, quick=args.quick, verbose=not args.quiet)
+    ctx.argv = extra  # type: ignore[attr-defined]
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": _machine(),

@@ -23,6 +23,7 @@ TITLES = {
     "batch_inference": "batch inference",
     "metering": "metering cost",
     "scale_down": "scale down",
+    "trace_replay": "trace replay",
 }
 
 
