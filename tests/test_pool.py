@@ -387,3 +387,55 @@ def test_pools_with_nothing_left_leave_the_loop_and_come_back(ray_cluster):
     assert all(p.replicas() == 0 and not p.reps for p in pools)
     assert handles[0](5) == 5  # the next call brings it back
     assert pools[0] in registry.all()
+
+
+def test_no_ray_call_that_creates_or_removes_runs_under_a_pool_lock(ray_cluster, monkeypatch):
+    import ray
+
+    from nbserverless.core import replicas, warm
+    from nbserverless.core.loop import SUPERVISOR
+
+    nbs.config(prewarm=2)
+    SUPERVISOR.ensure_running()
+    wait_until(lambda: warm.STOCK.available() >= 1, timeout=90, what="a warm replica")
+    pools: list = []
+    seen: list = []
+
+    def held() -> bool:  # does this thread hold any pool's lock?
+        return any(p.lock._is_owned() for p in pools)
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            seen.append((name, held()))
+            return real(*args, **kwargs)
+
+        return call
+
+    class ActorSpy:
+        def __init__(self, real):
+            self.real = real
+
+        def options(self, **kw):
+            made = self.real.options(**kw)
+            return type("Opts", (), {"remote": staticmethod(spy("actor", made.remote))})
+
+    monkeypatch.setattr(ray.util, "placement_group", spy("pg", ray.util.placement_group))
+    monkeypatch.setattr(ray.util, "remove_placement_group",
+                        spy("rm_pg", ray.util.remove_placement_group))  # fmt: skip
+    monkeypatch.setattr(ray, "kill", spy("kill", ray.kill))
+    monkeypatch.setattr(replicas, "ReplicaActor", ActorSpy(replicas.ReplicaActor))
+
+    @nbs.remote(cpus=0.25, keep_alive=0.3)
+    def claimed(x):
+        return x
+
+    @nbs.remote(cpus=0.25, concurrency=2, keep_alive=0.3)
+    def started(x):
+        return x
+
+    pools += [claimed._get_pool(), started._get_pool()]
+    assert claimed(1) == 1 and started(2) == 2
+    wait_until(lambda: claimed.stats().replicas == 0 and started.stats().replicas == 0,
+               timeout=60, what="keep-alive removals")  # fmt: skip
+    wait_until(lambda: {n for n, _ in seen} >= {"pg", "actor", "kill", "rm_pg"}, what="calls")
+    assert not [name for name, under_lock in seen if under_lock]
