@@ -33,7 +33,8 @@ def _run(key: str, spec_box: list, out_address: Any, kind: str, method: Any, pay
                     return [False, loaded["error"], 0.0, None, 0]
                 _executors[key] = executor
     if kind == "call":
-        return executor.call([method, codec.call_payload(payload), call_id, None])
+        code = codec.call_code(payload)
+        return executor.call([method, codec.call_payload(payload), call_id, code])
     if kind == "batch":
         return executor.batch(method, payload, call_id)
     return executor.chunk(method, payload, star, call_id)
