@@ -116,9 +116,9 @@ def test_notebook_classes_keep_their_identity_both_ways(ray_cluster):
 
     got, inside = Holder(Point(5, 6)).get()
     assert inside and got == Point(5, 6)
-    assert list(roundtrip.starmap([(Point(0, 0), Color.RED, Pair(0, ""), Box(0))]))[0][0] == Point(
-        0, 0
-    )
+    assert list(roundtrip.starmap([(Point(0, 0), Color.GREEN, Pair(0, ""), Box(0))]))[0][
+        0
+    ] == Point(0, 0)
 
 
 def test_partial_callable_object_wraps_and_async(ray_cluster):
@@ -126,7 +126,7 @@ def test_partial_callable_object_wraps_and_async(ray_cluster):
         return base**exp
 
     square = nbs.remote(cpus=0.25)(functools.partial(power, exp=2))
-    assert square.name == "power" and square(7) == 49
+    assert square.name.endswith("power") and square(7) == 49
 
     class Scale:
         def __init__(self, k):

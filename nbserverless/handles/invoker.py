@@ -188,7 +188,7 @@ class Invoker:
             job = None
             self._owner._batcher().add(_one_item(args, kwargs, pool.name), box.done)
         else:
-            job = pool.call_sync(self._method, payload, None, box.done)
+            job = pool.call_sync(self._method, payload, pool.fresh_code, box.done)
         if box.ok is None:
             box.event = threading.Event()
             if box.ok is None:
@@ -216,7 +216,7 @@ class Invoker:
         if self._batched:
             self._owner._batcher().add(_one_item(args, kwargs, pool.name), done)
             return fut
-        job = Job("call", self._method, (payload, None), 1, done)
+        job = Job("call", self._method, (payload, pool.fresh_code), 1, done)
         fut._nbs_cancel = lambda: pool.cancel(job)
         fut.set_running_or_notify_cancel()
         pool.submit(job)
@@ -350,10 +350,6 @@ class PoolOwner:
 
     def _refresh(self, pool: Pool) -> None:
         """Fresh code: ship a new version if what the code references changed (functions)."""
-
-    def _run_local(self, method: str | None, args: tuple, kwargs: dict) -> Any:
-        """A call made while ``.local()`` runs (only function handles have ``.local()``)."""
-        raise RuntimeError(f"{self.name}: cannot run locally")
 
     def _get_pool(self) -> Pool:
         pool = self._pool_obj

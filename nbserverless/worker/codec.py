@@ -67,14 +67,22 @@ def decode(payload: Any) -> Any:
 
 
 def call_payload(payload: Any) -> bytes:
-    """A call job's payload as bytes: already encoded by the handle (``blob`` or ``(blob,
-    None)``), else ``(args, kwargs)`` encoded here."""
+    """A call job's arguments as bytes. A handle makes the payload ``(blob, code)`` (the
+    arguments pickled, and the code version it shipped or None); ``(args, kwargs)`` of other
+    callers is encoded here."""
     if isinstance(payload, bytes):
         return payload
     args, kwargs = payload
-    if isinstance(args, bytes) and kwargs is None:
+    if isinstance(args, bytes):
         return args
     return encode_args(tuple(args), kwargs or {})
+
+
+def call_code(payload: Any) -> Any:
+    """The code version a handle's call payload carries (see ``call_payload``), or None."""
+    if isinstance(payload, tuple) and isinstance(payload[0], bytes):
+        return payload[1]
+    return None
 
 
 def decode_reply(kind: str, ok: bool, value: Any) -> tuple[bool, Any]:
