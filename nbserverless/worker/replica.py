@@ -25,6 +25,8 @@ from typing import Any
 
 import cloudpickle
 
+from .threads import apply_cpu_share
+
 STREAM_AFTER_S = 0.2  # output of calls running longer than this streams live
 FLUSH_EVERY_S = 0.1
 
@@ -206,6 +208,7 @@ class Replica:
 
     def _load(self, spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
+        apply_cpu_share(spec.get("cpus"), spec.get("env"))  # before user code loads a model
         import linecache
 
         for filename, (display, lines, _) in spec.get("sources", {}).items():
