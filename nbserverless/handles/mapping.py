@@ -28,6 +28,7 @@ from typing import Any
 from .. import settings
 from ..core.output import Sink
 from ..core.pool import Job, Pool
+from .buckets import Window, buckets
 
 #: ``progress_factory(total, name, meter, enabled)`` -> an object with ``update(done, errors)``
 #: and ``close(ok)``; the notebook layer sets it (``nbserverless.notebook.progress``).
@@ -40,40 +41,6 @@ FIRST_REPLICAS = 4
 #: batches per ``bucket_by`` window: the first (results start sooner), then every later one
 BUCKET_FIRST_BATCHES = 16
 BUCKET_BATCHES = 32
-
-
-class _Window:
-    """One ``bucket_by`` window: its batches finish in any order; the results go back to
-    input order here and leave as soon as a prefix of the window is complete."""
-
-    __slots__ = ("start", "values", "filled", "errors", "emitted")
-
-    def __init__(self, start: int, n: int):
-        self.start = start
-        self.values: list[Any] = [None] * n
-        self.filled = [False] * n
-        self.errors: dict[int, Any] = {}
-        self.emitted = 0
-
-    def put(self, positions: list[int], values: list[Any], errors: dict | None) -> tuple | None:
-        """Store one batch's outcomes; the newly complete prefix as (start, values, errors)."""
-        for k, p in enumerate(positions):
-            self.values[p] = values[k]
-            self.filled[p] = True
-        if errors:
-            for k, err in errors.items():
-                self.errors[positions[k]] = err
-        old = end = self.emitted
-        n = len(self.filled)
-        while end < n and self.filled[end]:
-            end += 1
-        if end == old:
-            return None
-        self.emitted = end
-        seg = self.values[old:end]
-        self.values[old:end] = [None] * (end - old)  # the consumer holds them now
-        errs = {p - old: self.errors.pop(p) for p in sorted(self.errors) if p < end} or None
-        return self.start + old, seg, errs
 
 
 def label_failure(exc: BaseException, index: int, failures: int) -> BaseException:
@@ -143,7 +110,8 @@ class MapRun:
         self._done_queue: deque[tuple] = deque()  # unordered: (indices, values, errors)
         self._completed = 0
         self._errors = 0
-        self._item_s: float | None = None
+        # a warm pool knows its item time already: no ramp from one-item chunks
+        self._item_s: float | None = getattr(pool, "item_s", None)
         self._closed = False
         self._running = 0  # the pool's running replicas, read by the feeder outside our lock
         if progress is None:
@@ -286,20 +254,17 @@ class MapRun:
         """The window sorted by key, largest first (the slowest batches start first), and
         cut into batches of similar items."""
         self._windows += 1
-        order = sorted(range(len(chunk)), key=keys.__getitem__, reverse=True)
-        window = _Window(start, len(chunk))
-        b = self._batch
-        jobs = []
-        for i in range(0, len(order), b):
-            positions = order[i : i + b]
-            jobs.append(self._job(start, [chunk[p] for p in positions], window, positions))
-        return jobs
+        window = Window(start, len(chunk))
+        return [
+            self._job(start, [chunk[p] for p in positions], window, positions)
+            for positions in buckets(keys, self._batch)
+        ]
 
     def _job(
         self,
         start: int,
         chunk: list[Any],
-        window: _Window | None = None,
+        window: Window | None = None,
         positions: list[int] | None = None,
     ) -> Job:
         def done(job: Job, ok: bool, value: Any) -> None:
@@ -327,7 +292,7 @@ class MapRun:
         start: int,
         ok: bool,
         value: Any,
-        window: _Window | None,
+        window: Window | None,
         positions: list[int] | None,
     ) -> None:
         # results of a job as (values, errors): errors None or {index in job: error}
