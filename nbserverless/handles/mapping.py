@@ -34,6 +34,7 @@ from .buckets import Window, buckets
 #: and ``close(ok)``; the notebook layer sets it (``nbserverless.notebook.progress``).
 progress_factory: Any = None
 TARGET_CHUNK_S = 0.05
+MIN_CHUNK_S = TARGET_CHUNK_S / 10
 MAX_CHUNK = 16384
 WAIT_SLICE_S = 0.5
 #: replicas the read-ahead feeds before any runs (the pool may start this many at once)
@@ -144,10 +145,13 @@ class MapRun:
             return self._batch
         if self._item_s is None:
             return 1
-        size = int(TARGET_CHUNK_S / max(self._item_s, 1e-7))
+        item_s = max(self._item_s, 1e-7)
+        size = int(TARGET_CHUNK_S / item_s)
         if self.total is not None:
+            # the tail is split for balance across replicas, but never below MIN_CHUNK_S of
+            # work: tiny items would otherwise end in dozens of one-item round trips
             left = self.total - self._next_in
-            size = min(size, max(1, left // (2 * self._replicas())))
+            size = min(size, max(1, left // (2 * self._replicas()), int(MIN_CHUNK_S / item_s)))
         return max(1, min(size, MAX_CHUNK))
 
     def _window_ok(self) -> bool:
