@@ -179,6 +179,7 @@ class Pool:
             memory=options.memory,
         )
         self._spec = {"code": code, "sources": sources, "kind": kind, "init": init}
+        self._spec.update(cpus=options.cpus, env=list(options.env or ()))  # thread counts
         self._spec_ref: Any = None
         self.lock = threading.RLock()
         self.queue: deque[Job] = deque()
