@@ -198,6 +198,9 @@ class Options:
     env: dict[str, str] | None = field(default=None, hash=False)
     pip: tuple[str, ...] | None = None
     name: str | None = None
+    #: ``keep_alive="auto"``: learned per function (core/keepalive.py); ``keep_alive`` then
+    #: holds the fixed fallback used while too few idle gaps are known
+    keep_alive_auto: bool = False
 
     @classmethod
     def resolve(cls, **given: Any) -> Options:
@@ -205,7 +208,7 @@ class Options:
 
         Example: ``Options.resolve(cpus=0.5, memory="1GiB")``.
         """
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"keep_alive_auto"}
         unknown = sorted(set(given) - known)
         if unknown:
             raise TypeError(
@@ -231,6 +234,10 @@ class Options:
         v["concurrency"] = _number(
             "concurrency", v["concurrency"], minimum=1, maximum=MAX_CONCURRENCY, integer=True
         )
+        if isinstance(v["keep_alive"], str) and v["keep_alive"].strip().lower() == "auto":
+            v["keep_alive_auto"] = True
+            fallback = settings.get("keep_alive")
+            v["keep_alive"] = fallback if isinstance(fallback, (int, float)) else 60.0
         v["keep_alive"] = _number(
             "keep_alive", v["keep_alive"], minimum=0, maximum=MAX_SECONDS, example="60"
         )

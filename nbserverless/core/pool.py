@@ -34,6 +34,7 @@ from ..worker import codec
 from . import cluster, policy, warm
 from .completions import on_ready as _on_ready
 from .jobs import DoneFn, Job
+from .keepalive import LearnedKeepAlive
 from .loop import SUPERVISOR
 from .loop import registry as _registry
 from .output import ROUTER
@@ -93,11 +94,32 @@ class Pool(Settling, Scaling, ReplicaSet):
         self.claims = 0  # of which claimed from the warm stock
         self.start_failures = 0  # failed starts in a row
         self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
-        self.keep_alive_s: policy.KeepAliveFn = policy.fixed_keep_alive  # a learned one fits
+        self.keep_alive_s: policy.KeepAliveFn = policy.fixed_keep_alive
+        self.learner: LearnedKeepAlive | None = None  # keep_alive="auto"
+        self.prewarm_until = 0.0  # a learned pre-warm holds one replica until then
+        self._idle_seen = True
+        if options.keep_alive_auto:
+            self.learner = LearnedKeepAlive(fallback_s=options.keep_alive)
+            self.keep_alive_s = self._learned_keep_alive
+        self.meter.keep_alive_label = _fixed_label(options)
         self._can_claim = warm.eligible(options)
         self._registered = False
         with self.lock:
             self._register_locked()
+
+    def _learned_keep_alive(self, demand: policy.Demand, now: float) -> float:
+        decision = self.learner.decide(now)
+        if decision.prewarm_at is not None and now >= decision.prewarm_at:
+            self.prewarm_until = max(self.prewarm_until, now + decision.keep_alive_s)
+        self.meter.keep_alive_label = decision.label
+        return decision.keep_alive_s
+
+    def _observe_call(self, now: float) -> None:
+        self.last_demand = now
+        if self.learner is not None:
+            self.learner.observe_call(now)
+            self._idle_seen = False
+            self.prewarm_until = 0.0
 
     # -- the lock and what runs after it --------------------------------------------------
 
@@ -155,7 +177,7 @@ class Pool(Settling, Scaling, ReplicaSet):
     def submit(self, job: Job) -> None:
         """Dispatch at once if a replica has room, else queue (and scale up)."""
         self.meter.submitted(job.n)
-        self.last_demand = time.monotonic()
+        self._observe_call(time.monotonic())
         with self._locked():
             self._place_locked(job)
         self._watch([job])
@@ -165,7 +187,7 @@ class Pool(Settling, Scaling, ReplicaSet):
         Queues (settled by the completion thread) when no replica has room."""
         job = Job("call", method, (args, kwargs), 1, done)
         self.meter.submitted(1)
-        self.last_demand = time.monotonic()
+        self._observe_call(time.monotonic())
         with self._locked():
             sent = self._place_locked(job)
         if not sent:
@@ -290,3 +312,10 @@ def scale_all_to_zero() -> None:
 def close_all() -> None:
     for pool in all_pools():
         pool.close()
+
+
+def _fixed_label(options: Options) -> str:
+    """The keep-alive in force as the widgets show it, before anything is learned."""
+    if options.keep_alive_auto:
+        return f"keep-alive {options.keep_alive:g} s (learning)"
+    return f"keep-alive {options.keep_alive:g} s"

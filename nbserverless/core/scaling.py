@@ -30,7 +30,10 @@ class Scaling:
             ready=ready,
             concurrency=o.concurrency,
             max_replicas=o.max_replicas,
-            min_replicas=o.min_replicas if self.hold_min else 0,
+            min_replicas=max(
+                o.min_replicas if self.hold_min else 0,
+                1 if time.monotonic() < self.prewarm_until else 0,
+            ),  # fmt: skip
             queued_items=sum(j.n for j in self.queue),
             item_s=self.item_s,
             start_s=policy.CLAIM_S if warm_ok else self.start_s,
@@ -59,7 +62,17 @@ class Scaling:
         expired: list = []
         with self._locked():
             d = self._demand_locked()
+            if (
+                self.learner is not None
+                and not self._idle_seen
+                and not self.queue
+                and not any(r.outstanding for r in self.reps.values())
+            ):
+                self._idle_seen = True
+                self.learner.observe_idle(now)
             keep_alive = 0.0 if self.retiring else self.keep_alive_s(d, now)
+            if now < self.prewarm_until:
+                d = self._demand_locked()  # a learned pre-warm: one replica up before the call
             ready = [(r, r.last_idle, r.outstanding) for r in self.reps.values()
                      if r.state == "ready"]  # fmt: skip
             for rep in policy.keep_alive_victims(ready, d.min_replicas, now, keep_alive):

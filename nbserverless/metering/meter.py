@@ -62,6 +62,7 @@ class FunctionMeter:
         self._lock = threading.Lock()  # counters and buffer; held for a few bytecodes
         self._fold_lock = threading.Lock()  # sketches
         self._gen = 0  # scope generation at which on_activity last fired
+        self.keep_alive_label: str | None = None  # set by the pool: the keep-alive in force
         self.set_resources(cpus=cpus, gpus=gpus, memory=memory, gpu_type=gpu_type)
         self._zero(time.time())
 
@@ -279,6 +280,7 @@ class FunctionMeter:
             cpus=self.cpus, gpus=self.gpus, memory=self.memory, gpu_type=self.gpu_type,
             cost_per_s=rate, items_per_s=self._items_per_s(now, raw["invocations"]),
         )  # fmt: skip
+        snap["keep_alive"] = self.keep_alive_label  # the keep-alive in force, as text
         snap["estimate"] = True
         return snap
 
