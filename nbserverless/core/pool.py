@@ -31,7 +31,6 @@ from .. import settings
 from ..errors import (
     CallTimeoutError,
     CancelledError,
-    InfeasibleError,
     RemoteError,
     ReplicaDiedError,
 )
@@ -39,7 +38,7 @@ from ..metering.meter import METER
 from ..options import Options
 from ..shipping import diagnose_args
 from ..worker.replica import Replica
-from . import cluster
+from . import capacity, cluster
 from . import warm as bridge
 from .completions import on_ready as _on_ready
 from .loop import SUPERVISOR
@@ -604,26 +603,7 @@ class Pool:
     # -- replicas ------------------------------------------------------------------------
 
     def _check_feasible(self) -> None:
-        o = self.options
-        need = {"CPU": o.cpus, "GPU": o.gpus, "memory": o.memory or 0}
-        nodes = cluster.node_resources()
-        if any(all(n.get(k, 0.0) >= v for k, v in need.items() if v) for n in nodes):
-            return
-        if cluster.can_autoscale():
-            return
-        have = ", ".join(
-            f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU/{n.get('memory', 0) / 2**30:.1f} GiB"
-            for n in nodes
-        )
-        missing = [k for k, v in need.items() if v and not any(n.get(k, 0.0) >= v for n in nodes)]
-        memory = f"memory={(o.memory or 0) / 2**30:.3g} GiB"
-        what = {"CPU": f"cpus={o.cpus:g}", "GPU": f"gpus={o.gpus:g}", "memory": memory}
-        raise InfeasibleError(
-            f"{self.name}: no node of this cluster can ever provide "
-            f"{', '.join(what[m] for m in missing) or 'this request'} (nodes: {have or 'none'}) "
-            "and no autoscaler can add one. Ask for less, or connect to a cluster that has it "
-            "with nbs.connect(address)."
-        )
+        capacity.check_feasible(self.name, self.options)  # pending on a node type is not infeasible
 
     def _live(self) -> list[Rep]:
         return [r for r in self.reps.values() if r.state != "dead"]
@@ -788,6 +768,7 @@ class Pool:
             bridge.retire(host)
         for job in expired:
             self._on_timeout(job)
+        capacity.tick(self, now)  # waiting_for_node in stats(); node_timeout
 
     def waiting_for_resources(self, now: float) -> bool:
         """Work waits (queued, or bridged until a replica exists) and a replica of ours has
