@@ -28,9 +28,12 @@ import time
 from typing import Any
 
 #: ``ray start``, with Ray's 30 s wait for the head's raylet made patient (a loaded machine)
+STARTUP_PY = os.path.join(os.path.dirname(__file__), "..", "nbserverless", "core", "startup.py")
 LAUNCHER = (
-    "import sys; from nbserverless.core.cluster import patient_start; patient_start(); "
-    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+    "import importlib.util as u, sys; s = u.spec_from_file_location('nbs_startup', "
+    f"{os.path.abspath(STARTUP_PY)!r}); m = u.module_from_spec(s); s.loader.exec_module(m); "
+    "m.patient_start(); from ray.scripts.scripts import main; sys.argv[0] = 'ray'; "
+    "sys.exit(main())"
 )
 
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"

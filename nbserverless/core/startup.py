@@ -14,10 +14,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("nbserverless")
@@ -65,13 +67,54 @@ def patient_start() -> None:
     services.get_node = get_node
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def light_agents() -> Iterator[None]:
+    """While Ray starts a local node from this process. Ray 2.60's raylet waits a fixed
+    15 s for its dashboard agent to report its ports, and dies when a loaded machine makes
+    the agent slower ("Timed out waiting for file .../metrics_agent_port_..."). The embedded
+    cluster has no dashboard, so its agent runs minimal (Ray's own mode for installs without
+    the dashboard's packages: it reports at once, without metrics export); the runtime-env
+    agent's port is chosen up front, as ``ray start --runtime-env-agent-port`` does."""
+    try:
+        from ray._private import utils
+        from ray._private.parameter import RayParams
+    except ImportError:
+        yield
+        return
+    original_init, original_dep = RayParams.__init__, utils.get_dashboard_dependency_error
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if not getattr(self, "runtime_env_agent_port", 1):
+            self.runtime_env_agent_port = _free_port()
+
+    RayParams.__init__ = init  # type: ignore[method-assign]
+    utils.get_dashboard_dependency_error = lambda: "the embedded cluster runs no dashboard"
+    try:
+        yield
+    finally:
+        RayParams.__init__ = original_init  # type: ignore[method-assign]
+        utils.get_dashboard_dependency_error = original_dep
+
+
 def start_embedded(kwargs: dict[str, Any]) -> None:
+    """``ray.init(**kwargs)`` for a new local cluster: patiently, at most twice; a second
+    failure raises ``ClusterStartError`` (one paragraph: the cause and what to do)."""
     import ray
 
     patient_start()
     for attempt in range(START_ATTEMPTS):
         try:
-            ray.init(**kwargs)
+            with light_agents():
+                ray.init(**kwargs)
             return
         except Exception as exc:  # Ray raises plain Exception for a start-up timeout
             try:
