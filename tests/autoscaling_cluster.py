@@ -29,11 +29,19 @@ from typing import Any
 
 #: ``ray start``, with Ray's 30 s wait for the head's raylet made patient (a loaded machine)
 STARTUP_PY = os.path.join(os.path.dirname(__file__), "..", "nbserverless", "core", "startup.py")
-LAUNCHER = (
+_LOAD_STARTUP = (
     "import importlib.util as u, sys; s = u.spec_from_file_location('nbs_startup', "
     f"{os.path.abspath(STARTUP_PY)!r}); m = u.module_from_spec(s); s.loader.exec_module(m); "
-    "m.patient_start(); from ray.scripts.scripts import main; sys.argv[0] = 'ray'; "
-    "sys.exit(main())"
+    "m.patient_start(); m.light_agents().__enter__(); "
+)
+#: ``ray start``, and (through ``sitecustomize``) the autoscaler's monitor that starts the
+#: worker nodes, with Ray's start-up waits made patient for a loaded machine, as the
+#: embedded cluster's (nbserverless/core/startup.py)
+LAUNCHER = _LOAD_STARTUP + (
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+SITECUSTOMIZE = (
+    f"import sys\nif sys.argv and sys.argv[0].endswith('monitor.py'):\n    {_LOAD_STARTUP}\n"
 )
 
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
@@ -113,8 +121,10 @@ class AutoscalingCluster:
         idle_timeout_s: float = 6.0,
         extra_env: dict[str, str] | None = None,
         autoscaling: bool = True,
+        head_cpus: float = 0,
     ):
         self.autoscaling = autoscaling
+        self.head_cpus = head_cpus
         self.v2 = v2
         self.worker_types = worker_types
         self.idle_timeout_s = idle_timeout_s
@@ -153,12 +163,17 @@ class AutoscalingCluster:
             env.pop(var, None)
         env.update(SLOW_START_ENV)
         env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-        if self.v2:
+        if self.v2 and self.autoscaling:
             env.update(
                 RAY_enable_autoscaler_v2="1",
                 RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
                 RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
             )
+        site = os.path.join(self.temp_dir, "site")
+        os.makedirs(site, exist_ok=True)
+        with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+            f.write(SITECUSTOMIZE)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
         env.update(self.extra_env)
         cmd = [
             sys.executable,
@@ -167,7 +182,7 @@ class AutoscalingCluster:
             "start",
             "--head",
             "--block",
-            "--num-cpus=0",
+            f"--num-cpus={self.head_cpus:g}",
             f"--port={port}",
             f"--temp-dir={os.path.join(self.temp_dir, 'ray')}",
             "--include-dashboard=false",

@@ -78,18 +78,34 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def light_agents() -> Iterator[None]:
     """While Ray starts a local node from this process. Ray 2.60's raylet waits a fixed
-    15 s for its dashboard agent to report its ports, and dies when a loaded machine makes
-    the agent slower ("Timed out waiting for file .../metrics_agent_port_..."). The embedded
-    cluster has no dashboard, so its agent runs minimal (Ray's own mode for installs without
-    the dashboard's packages: it reports at once, without metrics export); the runtime-env
+    15 s for each port its dashboard agent reports in a file, and dies when a loaded machine
+    makes the agent slower ("Timed out waiting for file .../metrics_agent_port_..."). The
+    embedded cluster has no dashboard, so its agent runs minimal (Ray's own mode for installs
+    without the dashboard's packages: no metrics export, no HTTP server), and the ports that
+    mode reports (-1, "not in use") are written before the raylet starts; the runtime-env
     agent's port is chosen up front, as ``ray start --runtime-env-agent-port`` does."""
     try:
-        from ray._private import utils
+        import inspect
+
+        from ray import _raylet
+        from ray._private import services, utils
         from ray._private.parameter import RayParams
     except ImportError:
         yield
         return
     original_init, original_dep = RayParams.__init__, utils.get_dashboard_dependency_error
+    original_raylet = services.start_raylet
+    signature = inspect.signature(original_raylet)
+
+    def start_raylet(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        for name in (
+            _raylet.METRICS_AGENT_PORT_NAME,
+            _raylet.METRICS_EXPORT_PORT_NAME,
+            _raylet.DASHBOARD_AGENT_LISTEN_PORT_NAME,
+        ):
+            _raylet.persist_port(bound["session_dir"], bound["node_id"], name, -1)
+        return original_raylet(*args, **kwargs)
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
@@ -98,11 +114,13 @@ def light_agents() -> Iterator[None]:
 
     RayParams.__init__ = init  # type: ignore[method-assign]
     utils.get_dashboard_dependency_error = lambda: "the embedded cluster runs no dashboard"
+    services.start_raylet = start_raylet
     try:
         yield
     finally:
         RayParams.__init__ = original_init  # type: ignore[method-assign]
         utils.get_dashboard_dependency_error = original_dep
+        services.start_raylet = original_raylet
 
 
 def start_embedded(kwargs: dict[str, Any]) -> None:
