@@ -16,4 +16,6 @@ SCENARIOS = [
     "map_work",
     "batch_inference",
     "scale_down",
+    # scale_nodes starts its own autoscaling cluster (Ray's fake multi-node provider)
+    "scale_nodes",
 ]

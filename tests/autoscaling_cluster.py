@@ -32,7 +32,7 @@ STARTUP_PY = os.path.join(os.path.dirname(__file__), "..", "nbserverless", "core
 _LOAD_STARTUP = (
     "import importlib.util as u, sys; s = u.spec_from_file_location('nbs_startup', "
     f"{os.path.abspath(STARTUP_PY)!r}); m = u.module_from_spec(s); s.loader.exec_module(m); "
-    "m.patient_start(); m.light_agents().__enter__(); "
+    "m.patient_start(); nbs_light_agents = m.light_agents(); nbs_light_agents.__enter__(); "
 )
 #: ``ray start``, and (through ``sitecustomize``) the autoscaler's monitor that starts the
 #: worker nodes, with Ray's start-up waits made patient for a loaded machine, as the
@@ -245,7 +245,8 @@ class AutoscalingCluster:
                 time.sleep(0.2)
             if _group_alive(pgid):
                 os.killpg(pgid, signal.SIGKILL)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not os.environ.get("NBS_KEEP_CLUSTER_LOGS"):  # set it to read Ray's logs after
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> AutoscalingCluster:
         self.start()

@@ -94,7 +94,8 @@ def _run_driver(c: AutoscalingCluster, script: str, timeout: float = 400) -> dic
             out[key] = json.loads(value)
         except ValueError:
             pass
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    if proc.returncode != 0:
+        pytest.fail(f"driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}", False)
     return out
 
 

@@ -173,19 +173,24 @@ def _token_driver(address: str, home: str, token: str | None = None) -> tuple[di
 
 
 def test_connect_to_a_token_auth_cluster_started_with_plain_ray_start(tmp_path):
-    # `ray start --head` (Ray 2.60) turns token authentication on and writes the token to
-    # ~/.ray/auth_token: HOME is a temp dir here so the machine's own token is left alone.
+    # `ray start --head` (Ray 2.60) turns token authentication on when ~/.ray/auth_token
+    # exists (as after any earlier ray.init, or `ray get-auth-token --generate`). HOME is a
+    # temp dir here, so the machine's own token is left alone.
     import pytest
     from autoscaling_cluster import AutoscalingCluster
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
 
     head_home, other_home = tmp_path / "head", tmp_path / "elsewhere"
-    head_home.mkdir()
+    (head_home / ".ray").mkdir(parents=True)
     other_home.mkdir()
+    token = generate_new_authentication_token()
+    (head_home / ".ray" / "auth_token").write_text(token)
     with AutoscalingCluster(
         autoscaling=False, head_cpus=1, extra_env={"HOME": str(head_home)}
     ) as c:
-        token = (head_home / ".ray" / "auth_token").read_text().strip()
-        assert len(token) >= 16
+        assert any("Token authentication is enabled" in line for line in c.output), c.output
         # the token file of the user who started the cluster: RAY_AUTH_MODE set for the user
         lines, output = _token_driver(c.address, str(head_home))
         assert lines["result"] == "42" and lines["mode"] == "token"

@@ -37,12 +37,27 @@ def token_available(token: str | None = None) -> bool:
     return Path(path).expanduser().is_file() if path else DEFAULT_TOKEN_FILE.is_file()
 
 
-def _is_auth_failure(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return any(
-        s in text
-        for s in ("AuthenticationError", "InvalidAuthToken", "UNAUTHENTICATED", "auth token")
-    )
+def _is_auth_failure(exc: BaseException | None) -> bool:
+    """Ray wraps the refusal (``AuthenticationError``) in a ``ConnectionError``."""
+    seen = 0
+    while exc is not None and seen < 10:
+        text = f"{type(exc).__name__} {exc}"
+        if any(s in text for s in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _refresh_ray_config() -> None:
+    """Ray reads ``RAY_AUTH_MODE`` and the token once, when its config is first used: make
+    it read them again (what Ray's own ``ray start`` does after enabling token mode)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # an older Ray without token authentication
+        pass
 
 
 def connect(init: Callable[[], Any], address: str, token: str | None = None) -> Any:
@@ -52,6 +67,9 @@ def connect(init: Callable[[], Any], address: str, token: str | None = None) -> 
         os.environ["RAY_AUTH_TOKEN"] = token  # read by Ray during init; removed below
     if not os.environ.get("RAY_AUTH_MODE") and token_available(token):
         os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray's C++ client logs each refused retry as a warning on stderr: errors only
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    _refresh_ray_config()
     try:
         return init()
     except Exception as exc:

@@ -29,6 +29,7 @@ HISTORY_LEN = 2_000
 HEAD_READ_TIMEOUT_S = 60.0
 _lock = threading.Lock()
 _cache: dict[str | None, tuple[float, dict[str, dict[str, float]] | None]] = {}
+_present: dict[str | None, tuple[float, bool]] = {}
 
 
 def _head_reader() -> Any:
@@ -132,7 +133,15 @@ def present(address: str | None) -> bool:
     types = node_types(address)
     if types is not None:
         return bool(types)
-    return v2_status() is not None or bool(v1_status().get("autoscaler_report"))
+    now = time.monotonic()
+    with _lock:
+        cached = _present.get(address)
+        if cached is not None and now - cached[0] < NODE_TYPES_TTL_S:
+            return cached[1]
+    found = v2_status() is not None or bool(v1_status().get("autoscaler_report"))
+    with _lock:
+        _present[address] = (now, found)
+    return found
 
 
 def v1_status() -> dict[str, Any]:
@@ -223,4 +232,5 @@ def forget() -> None:
     """Drop what was learnt (disconnect)."""
     with _lock:
         _cache.clear()
+        _present.clear()
     NODES.reset()
