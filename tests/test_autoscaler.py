@@ -14,7 +14,6 @@ import sys
 import textwrap
 
 import pytest
-
 from autoscaling_cluster import AutoscalingCluster
 
 SCALE_FROM_ZERO = textwrap.dedent(
@@ -118,3 +117,67 @@ def test_scale_from_zero_nodes_and_back(v2):
     assert out["workers_after"] == 0  # back to zero worker nodes
     assert out["stats_after"] == {"replicas": 0, "waiting_for_node": 0}
     assert out["history"][0] == 1 and max(out["history"]) >= 2 and out["history"][-1] == 1
+
+
+NODE_DIES = textwrap.dedent(
+    """
+    import json, os, signal, time
+    import ray
+    import nbserverless as nbs
+
+    def say(key, value):
+        print(key, json.dumps(value), flush=True)
+
+    def raylet_pid(node_id):
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().split(b"\\0")
+            except OSError:
+                continue
+            if args[0].endswith(b"raylet") and f"--node_id={node_id}".encode() in args:
+                return int(pid)
+        return None
+
+    nbs.connect()
+    nbs.config(keep_alive=1)
+    head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+
+    @nbs.remote(cpus=1, max_replicas=2, retries=3)
+    def item(i):
+        time.sleep(0.05)
+        return i, ray.get_runtime_context().get_node_id()
+
+    N = 2000
+    results, nodes, killed = [], [], None
+    for i, node in item.map(range(N), progress=False):
+        results.append(i)
+        if node not in nodes:
+            nodes.append(node)
+        if killed is None and len(nodes) >= 2 and len(results) >= 100:
+            victim = nodes[-1]  # a worker node running part of the map now
+            pid = raylet_pid(victim)
+            if pid is not None and victim != head:
+                os.kill(pid, signal.SIGKILL)  # the node dies mid-map
+                killed = victim
+    say("killed", killed is not None)
+    say("nodes", len(nodes))
+    say("exactly_once", results == list(range(N)))
+    s = item.stats()
+    say("counts", {k: s[k] for k in ("in_flight", "queued", "waiting_for_node")})
+    nbs.shutdown()
+    """
+)
+
+
+@pytest.mark.timeout(900)
+def test_a_node_dies_mid_map_and_every_result_arrives_once():
+    # a 2,000-item map across two worker nodes; one node's raylet is SIGKILLed midway: the
+    # calls on it run again elsewhere (retries) and every item returns its own index once
+    with AutoscalingCluster() as c:
+        out = _run_driver(c, NODE_DIES, timeout=800)
+    assert out["killed"] is True and out["nodes"] >= 2
+    assert out["exactly_once"] is True
+    assert out["counts"] == {"in_flight": 0, "queued": 0, "waiting_for_node": 0}

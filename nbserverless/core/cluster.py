@@ -178,6 +178,7 @@ def _after_connect() -> None:
 
     if autoscaling() and settings.get("prewarm") == settings.DEFAULTS["prewarm"]:
         settings.update(prewarm=0)
+        _state["prewarm_auto"] = True
         log.info("an autoscaler manages this cluster's nodes: prewarm=0 (no warm stand-ins)")
 
 
@@ -256,10 +257,13 @@ def disconnect() -> None:
             import ray
 
             ray.shutdown()
-        _state.update(
-            address=None, embedded=False, summary=None, summary_at=0.0, nodes=None, types=None
-        )
+        _state.update(address=None, embedded=False, summary=None, summary_at=0.0, nodes=None)
         autoscaler.forget()
+        if _state.pop("prewarm_auto", False):  # this connect turned prewarm off: undo it
+            from .. import settings
+
+            if settings.get("prewarm") == 0:
+                settings.update(prewarm=settings.DEFAULTS["prewarm"])
         _state["stop"].set()
         _state["thread"] = None
 
