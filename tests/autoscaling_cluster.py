@@ -41,11 +41,17 @@ LAUNCHER = _LOAD_STARTUP + (
     "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
 )
 SITECUSTOMIZE = (
-    f"import sys\nif sys.argv and sys.argv[0].endswith('monitor.py'):\n    {_LOAD_STARTUP}\n"
+    "import os, sys\n"
+    "if sys.argv and sys.argv[0].endswith('monitor.py'):\n"
+    f"    {_LOAD_STARTUP}\n"
+    # the wheel lacks the fake provider's defaults file (autoscaler v2 reads it): the
+    # config itself has every field
+    "    from ray.autoscaler._private import providers\n"
+    "    providers._DEFAULT_CONFIGS['fake_multinode'] = lambda: os.environ['NBS_FAKE_CONFIG']\n"
 )
 
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
-#: Ray's own start-up patience, for a loaded machine (see nbserverless.core.cluster)
+#: Ray's own start-up patience, for a loaded machine (see nbserverless.core.startup)
 SLOW_START_ENV = {
     "RAY_raylet_start_wait_time_s": "120",
     "RAY_agent_register_timeout_ms": "120000",
@@ -161,7 +167,7 @@ class AutoscalingCluster:
         env = dict(os.environ)
         for var in ("RAY_ADDRESS", "NBSERVERLESS_ADDRESS"):
             env.pop(var, None)
-        env.update(SLOW_START_ENV)
+        env.update(SLOW_START_ENV, NBS_FAKE_CONFIG=config_path)
         env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
         if self.v2 and self.autoscaling:
             env.update(
