@@ -57,6 +57,42 @@ def test_summary_describes_the_cluster(ray_cluster):
     assert s["nodes"] == 1 and s["cpus"] == 4.0
     assert set(s) >= {"address", "nodes", "cpus", "cpus_used", "gpus", "gpus_used"}
     assert nbs.connect() == s["address"] == "local"  # already connected: no-op
+    # nodes in view: the embedded cluster is one node, no autoscaler
+    assert s["worker_nodes"] == 0 and s["nodes_pending"] == 0 and s["nodes_peak"] == 1
+    assert s["node_history"][-1][1] == 1 and s["autoscaling"] is False
+    assert cluster.autoscaling() is False and cluster.node_types() == {}
+    assert s["node_cost_always_on"] >= s["node_cost"] >= 0
+
+
+def test_node_cost_is_node_seconds_at_the_price_table():
+    from nbserverless.core import autoscaler
+    from nbserverless.metering import pricing
+
+    prices = pricing.current()
+    node = {"CPU": 4.0, "GPU": 1.0, "memory": 16 * 2**30}
+    rate = 4 * prices.cpu + 16 * prices.memory + prices.gpu_price(None)
+    assert abs(autoscaler.node_rate(node) - rate) < 1e-12
+    ledger = autoscaler.NodeLedger()
+    ledger.observe(0.0, [node])
+    ledger.observe(10.0, [node, node])  # 10 s of one node
+    ledger.observe(20.0, [node])  # 10 s of two
+    assert abs(ledger.cost - 30 * rate) < 1e-9
+    assert abs(ledger.always_on(20.0) - 2 * rate * 20) < 1e-9  # the peak kept up
+    assert ledger.peak == 2 and [n for _, n in ledger.history] == [1, 2, 1]
+
+
+def test_infeasible_on_a_cluster_without_an_autoscaler_fails_at_once(ray_cluster):
+    import pytest
+
+    from nbserverless.errors import InfeasibleError
+
+    @nbs.remote(cpus=64)
+    def huge():
+        return 1
+
+    with pytest.raises(InfeasibleError, match="cpus=64.*no autoscaler can add one"):
+        huge()
+    assert huge.stats()["waiting_for_node"] == 0
 
 
 def test_config_validates_keys(ray_cluster):

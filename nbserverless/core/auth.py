@@ -67,8 +67,6 @@ def connect(init: Callable[[], Any], address: str, token: str | None = None) -> 
         os.environ["RAY_AUTH_TOKEN"] = token  # read by Ray during init; removed below
     if not os.environ.get("RAY_AUTH_MODE") and token_available(token):
         os.environ["RAY_AUTH_MODE"] = "token"
-    # Ray's C++ client logs each refused retry as a warning on stderr: errors only
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     _refresh_ray_config()
     try:
         return init()
