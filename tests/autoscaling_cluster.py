@@ -50,6 +50,7 @@ SITECUSTOMIZE = (
     "    providers._DEFAULT_CONFIGS['fake_multinode'] = lambda: os.environ['NBS_FAKE_CONFIG']\n"
 )
 
+_CLIENT_VARS = ("RAY_ADDRESS", "NBSERVERLESS_ADDRESS", "RAY_AUTH_")
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
 #: Ray's own start-up patience, for a loaded machine (see nbserverless.core.startup)
 SLOW_START_ENV = {
@@ -164,9 +165,9 @@ class AutoscalingCluster:
         config_path = os.path.join(self.temp_dir, "autoscaling.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
-        env = dict(os.environ)
-        for var in ("RAY_ADDRESS", "NBSERVERLESS_ADDRESS"):
-            env.pop(var, None)
+        # as from a user's shell: no address, no auth settings (the pytest process may have
+        # RAY_AUTH_MODE=token from its own ray.init)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_CLIENT_VARS)}
         env.update(SLOW_START_ENV, NBS_FAKE_CONFIG=config_path)
         env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
         if self.v2 and self.autoscaling:
@@ -230,8 +231,7 @@ class AutoscalingCluster:
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """Environment for a driver process connecting to this cluster (by ``RAY_ADDRESS``)."""
-        env = dict(os.environ)
-        env.pop("NBSERVERLESS_ADDRESS", None)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_CLIENT_VARS)}
         env["RAY_ADDRESS"] = self.address or ""
         env.update(extra)
         return env

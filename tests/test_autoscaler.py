@@ -108,7 +108,7 @@ def test_scale_from_zero_nodes_and_back(v2):
     assert out["prewarm"] == 0  # warm stand-ins would keep a node up for nobody
     assert out["workers_before"] == 0
     seconds, message = out["infeasible"]  # no node type has 64 CPUs: fails at once
-    assert "cpus=64" in message and "cpu_node (1 CPU)" in message
+    assert "cpus=64" in message and "cpu_node (1 CPU/0 GPU)" in message
     assert out["result"] == 42 and out["ran_on_worker"] is True
     assert out["waiting_for_node"] == 1  # visible in stats() while the node came up
     assert out["summary"]["worker_nodes"] >= 1 and out["summary"]["nodes_peak"] >= 2

@@ -48,12 +48,11 @@ def fits(resources: dict[str, float], request: dict[str, float]) -> bool:
 
 
 def _describe(resources: dict[str, float]) -> str:
-    parts = [f"{resources.get('CPU', 0):g} CPU"]
-    if resources.get("GPU"):
-        parts.append(f"{resources['GPU']:g} GPU")
-    if resources.get("memory"):
-        parts.append(f"{resources['memory'] / 2**30:.1f} GiB")
-    return "/".join(parts)
+    """``4 CPU/0 GPU/15.5 GiB`` (GiB only where the memory is known)."""
+    out = f"{resources.get('CPU', 0):g} CPU/{resources.get('GPU', 0):g} GPU"
+    if "memory" in resources:
+        out += f"/{resources['memory'] / 2**30:.1f} GiB"
+    return out
 
 
 def _what(options: Any, keys: list[str]) -> str:
