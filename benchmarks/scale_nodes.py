@@ -116,9 +116,14 @@ def run(ctx) -> None:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p
         )
+        # raw Ray needs RAY_AUTH_MODE=token by hand when `ray start` turned token
+        # authentication on (it does when ~/.ray/auth_token exists); nbserverless sets it
+        raw_env = dict(env)
+        if (Path.home() / ".ray" / "auth_token").is_file():
+            raw_env["RAY_AUTH_MODE"] = "token"
         sides = [
             Side("nbserverless map, cpus=1", lambda: _driver(NBS, env), warmup=0),
-            Side("raw Ray actors, num_cpus=1", lambda: _driver(RAW, env), warmup=0),
+            Side("raw Ray actors, num_cpus=1", lambda: _driver(RAW, raw_env), warmup=0),
         ]
         interleave(ctx, SC, sides)
     metrics = [("first_s", "s"), ("all_s", "s"), ("zero_s", "s")]

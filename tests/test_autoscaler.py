@@ -22,6 +22,7 @@ SCALE_FROM_ZERO = textwrap.dedent(
     import ray
     import nbserverless as nbs
     from nbserverless.core import cluster
+    from nbserverless.core.capacity import NodeTimeoutError
     from nbserverless.errors import InfeasibleError
 
     def say(key, value):
@@ -73,6 +74,19 @@ SCALE_FROM_ZERO = textwrap.dedent(
     say("stats_after", {k: where.stats()[k] for k in ("replicas", "waiting_for_node")})
     history = [n for _, n in cluster.summary()["node_history"]]
     say("history", history)
+
+    nbs.config(node_timeout=2)  # waiting for a node is bounded: then a clear error
+
+    @nbs.remote(cpus=1)
+    def impatient():
+        return 1
+
+    try:
+        impatient()
+        say("node_timeout", None)
+    except NodeTimeoutError as exc:
+        say("node_timeout", str(exc))
+    say("after_timeout", {k: impatient.stats()[k] for k in ("queued", "waiting_for_node")})
     nbs.shutdown()
     """
 )
@@ -117,6 +131,8 @@ def test_scale_from_zero_nodes_and_back(v2):
     assert out["workers_after"] == 0  # back to zero worker nodes
     assert out["stats_after"] == {"replicas": 0, "waiting_for_node": 0}
     assert out["history"][0] == 1 and max(out["history"]) >= 2 and out["history"][-1] == 1
+    assert "node_timeout=2 s" in out["node_timeout"] and "cpus=1" in out["node_timeout"]
+    assert out["after_timeout"] == {"queued": 0, "waiting_for_node": 0}
 
 
 NODE_DIES = textwrap.dedent(

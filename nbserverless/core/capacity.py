@@ -131,8 +131,9 @@ def tick(pool: Any, now: float) -> None:
     limit = settings.get("node_timeout")
     if not calls or limit is None or seconds < limit:
         return
+    what = _what(pool.options, [k for k, v in need(pool.options).items() if v])
     err = NodeTimeoutError(
-        f"{pool.name}: no node with {_what(pool.options, [k for k, v in need(pool.options).items() if v])} came up "
+        f"{pool.name}: no node with {what} came up "
         f"within node_timeout={limit:g} s (the autoscaler may be at its max_workers, or out "
         "of cloud quota: see `ray status`). Raise it with nbs.config(node_timeout=...), ask "
         "for less, or add nodes."
