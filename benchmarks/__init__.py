@@ -16,6 +16,8 @@ SCENARIOS = [
     "map_work",
     "batch_inference",
     "scale_down",
+    # scale_nodes starts its own autoscaling cluster (Ray's fake multi-node provider)
+    "scale_nodes",
     # long (minutes): real arrivals of the Azure LLM inference traces; its options after the name
     "trace_replay",
 ]

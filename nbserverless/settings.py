@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "prewarm": 2,  # warm generic replicas a pool claims instead of starting one (core/warm.py);
     # 0 = strict scale to zero
     "warm_imports": True,  # warm replicas import the package names the kernel has imported
+    "node_timeout": 600.0,  # seconds a call may wait for the autoscaler to add a node
 }
 
 _lock = threading.Lock()

@@ -16,15 +16,20 @@ import threading
 import time
 from typing import Any
 
+from . import auth, autoscaler, startup
+from .startup import ClusterStartError
+
 log = logging.getLogger("nbserverless")
 
 ADDRESS_ENV_VARS = ("NBSERVERLESS_ADDRESS", "RAY_ADDRESS")
-CONNECT_TIMEOUT_S = 180.0
+CONNECT_TIMEOUT_S = 420.0  # two patient start attempts of the embedded cluster
+NOTICE_AFTER_S = 0.5  # a background start still running after this: say so in the cell
 SUMMARY_TTL_S = 1.0
 GCS_PATIENCE_ENV = {
     "RAY_gcs_rpc_server_reconnect_timeout_s": "300",
     "RAY_gcs_rpc_server_connect_timeout_s": "60",
 }
+
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {
@@ -62,8 +67,6 @@ def _init(
 ) -> None:
     import ray
 
-    if token:
-        os.environ["RAY_AUTH_TOKEN"] = token  # read by Ray; never printed
     # On a loaded machine Ray's GCS can take over a minute to answer; Ray's default is then
     # to abort the whole process (the kernel). Wait longer instead.
     for var, seconds in GCS_PATIENCE_ENV.items():
@@ -74,6 +77,7 @@ def _init(
         "include_dashboard": False,
         "ignore_reinit_error": True,
     }
+    _quiet_raylet_messages()
     if address is None:
         # A new local cluster, never an existing one that happens to run on this machine.
         kwargs["address"] = "local"
@@ -82,11 +86,11 @@ def _init(
             kwargs["_temp_dir"] = temp_dir
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
+        startup.start_embedded(kwargs)
     else:
         kwargs["address"] = address
         kwargs.pop("include_dashboard")
-    _quiet_raylet_messages()
-    ray.init(**kwargs)
+        auth.connect(lambda: ray.init(**kwargs), address, token)
     # Ray's own loggers stay out of the notebook.
     for name in ("ray", "ray._private", "ray.runtime_env"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -148,6 +152,7 @@ def connect(
                     daemon=True,
                 )
                 _state["thread"] = t
+                _state["want"] = address
                 _state["error"] = None
                 _state["ready"] = threading.Event()
                 _state["stop"] = threading.Event()
@@ -160,7 +165,21 @@ def connect(
         _init(address, token, temp_dir, num_cpus)
         _state["address"] = "local" if address is None else address
         _state["embedded"] = address is None
-        return _state["address"]
+    _after_connect()
+    return _state["address"]
+
+
+def _after_connect() -> None:
+    """On a cluster whose autoscaler adds nodes, warm stand-ins would keep a node up (or
+    launch one) for nobody: ``prewarm`` drops to 0 unless the user set it."""
+    if _state["embedded"] or not _ray_initialized():
+        return
+    from .. import settings
+
+    if autoscaling() and settings.get("prewarm") == settings.DEFAULTS["prewarm"]:
+        settings.update(prewarm=0)
+        _state["prewarm_auto"] = True
+        log.info("an autoscaler manages this cluster's nodes: prewarm=0 (no warm stand-ins)")
 
 
 def _background_connect(address: str | None, token: str | None, temp_dir: str | None) -> None:
@@ -176,6 +195,7 @@ def _background_connect(address: str | None, token: str | None, temp_dir: str | 
                 _init(address, token, temp_dir)
                 _state["address"] = "local" if address is None else address
                 _state["embedded"] = address is None
+        _after_connect()
     except BaseException as exc:  # reported at the first call that needs the cluster
         _state["error"] = exc
         _state["thread"] = None
@@ -186,15 +206,28 @@ def _background_connect(address: str | None, token: str | None, temp_dir: str | 
 
 
 def wait_connected(timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Wait (bounded) for a background connect started by ``%load_ext`` to finish."""
-    if _state["thread"] is not None and not _state["ready"].wait(timeout):
-        raise TimeoutError(
-            f"the cluster did not come up within {timeout:.0f} s; check `ray status` "
-            "or connect to an existing cluster with nbs.connect(address)"
+    """Wait (bounded) for a background connect started by ``%load_ext`` to finish. In a
+    notebook the cell says "starting the local cluster…" while it waits."""
+    ready = _state["ready"]
+    if _state["thread"] is not None and not ready.wait(NOTICE_AFTER_S):
+        notice = startup.starting_notice(
+            "the local cluster" if _state.get("want") is None else "the cluster"
         )
+        try:
+            done = ready.wait(timeout)
+        finally:
+            if notice is not None:
+                notice.update(startup.Line(""))
+        if not done:
+            raise TimeoutError(
+                f"the cluster did not come up within {timeout:.0f} s; check `ray status` "
+                "or connect to an existing cluster with nbs.connect(address)"
+            )
     err = _state["error"]
     if err is not None:
         _state["error"] = None
+        if isinstance(err, (ClusterStartError, auth.AuthenticationError)):
+            raise type(err)(str(err)) from None  # one paragraph, not Ray's internals
         raise RuntimeError(f"could not connect to the cluster: {err}") from err
 
 
@@ -225,6 +258,12 @@ def disconnect() -> None:
 
             ray.shutdown()
         _state.update(address=None, embedded=False, summary=None, summary_at=0.0, nodes=None)
+        autoscaler.forget()
+        if _state.pop("prewarm_auto", False):  # this connect turned prewarm off: undo it
+            from .. import settings
+
+            if settings.get("prewarm") == 0:
+                settings.update(prewarm=settings.DEFAULTS["prewarm"])
         _state["stop"].set()
         _state["thread"] = None
 
@@ -242,25 +281,34 @@ def node_resources(max_age_s: float = 5.0) -> list[dict[str, float]]:
     return nodes
 
 
-def can_autoscale() -> bool:
-    """Whether an autoscaler could add nodes (never for the embedded cluster)."""
-    if is_embedded():
-        return False
-    try:
-        from ray._private.state import state as gcs_state  # GCS's autoscaler config, if any
+def node_types() -> dict[str, dict[str, float]] | None:
+    """Worker node types the cluster's autoscaler may launch, name -> resources; ``{}`` when
+    it may launch none (or the cluster is the embedded one); ``None`` when they cannot be
+    learnt. Cached for 5 min. Example: ``{"cpu_node": {"CPU": 1.0}}``."""
+    if not _ray_initialized() or is_embedded():
+        return {}
+    return autoscaler.node_types(address())
 
-        config = gcs_state.get_cluster_config()
-        if config is None:
-            return False
-        return any(getattr(t, "max_count", 0) > 0 for t in config.node_group_configs)
-    except Exception:
-        # Unknown: an external cluster may have an autoscaler; wait rather than fail.
-        return True
+
+def autoscaling() -> bool:
+    """Whether an autoscaler can add worker nodes to this cluster (never the embedded one)."""
+    if not _ray_initialized() or is_embedded():
+        return False
+    return autoscaler.present(address())
+
+
+def can_autoscale() -> bool:
+    """Old name of ``autoscaling()``."""
+    return autoscaling()
 
 
 def summary() -> dict[str, Any]:
     """Nodes and CPUs/GPUs in use, cached for about a second. Safe from any thread.
 
+    Besides CPUs and GPUs: ``nodes`` alive now (head included), ``worker_nodes``,
+    ``nodes_pending`` (being launched by the autoscaler), ``nodes_peak``, ``node_history``
+    (``[[unix time, nodes], ...]`` at each change), ``autoscaling``, ``node_cost`` (USD: each
+    node's seconds at the price table) and ``node_cost_always_on`` (the peak kept up).
     Example: ``{"address": "local", "nodes": 1, "cpus": 2.0, "cpus_used": 1.0, ...}``
     """
     now = time.monotonic()
@@ -274,6 +322,13 @@ def summary() -> dict[str, Any]:
         "cpus_used": 0.0,
         "gpus": 0.0,
         "gpus_used": 0.0,
+        "worker_nodes": 0,
+        "nodes_pending": 0,
+        "nodes_peak": 0,
+        "node_history": [],
+        "autoscaling": False,
+        "node_cost": 0.0,
+        "node_cost_always_on": 0.0,
     }
     if _ray_initialized():
         import ray
@@ -281,12 +336,23 @@ def summary() -> dict[str, Any]:
         try:
             total = ray.cluster_resources()
             avail = ray.available_resources()
-            out["nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
+            alive = [n for n in ray.nodes() if n.get("Alive")]
+            out["nodes"] = len(alive)
+            out["worker_nodes"] = sum(
+                1 for n in alive if "node:__internal_head__" not in n.get("Resources", {})
+            )
             out["cpus"] = float(total.get("CPU", 0.0))
             out["cpus_used"] = round(out["cpus"] - float(avail.get("CPU", 0.0)), 4)
             out["gpus"] = float(total.get("GPU", 0.0))
             out["gpus_used"] = round(out["gpus"] - float(avail.get("GPU", 0.0)), 4)
+            autoscaler.NODES.observe(now, [n.get("Resources", {}) for n in alive])
+            out["autoscaling"] = autoscaling()
+            out["nodes_pending"] = autoscaler.pending_nodes() if out["autoscaling"] else 0
         except Exception as exc:  # a summary must never break a view
             log.debug("cluster summary failed: %s", exc)
+        out["nodes_peak"] = autoscaler.NODES.peak
+        out["node_history"] = [[t, n] for t, n in autoscaler.NODES.history]
+        out["node_cost"] = autoscaler.NODES.cost
+        out["node_cost_always_on"] = autoscaler.NODES.always_on(now)
     _state["summary"], _state["summary_at"] = out, now
     return dict(out)

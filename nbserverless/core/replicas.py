@@ -21,9 +21,9 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from ..errors import InfeasibleError, RemoteError
+from ..errors import RemoteError
 from ..worker.replica import Replica
-from . import cluster
+from . import capacity
 from .completions import on_ready as _on_ready
 from .output import ROUTER
 
@@ -244,26 +244,7 @@ class ReplicaSet:
             return sum(1 for r in self.reps.values() if r.state in ("loading", "ready"))
 
     def _check_feasible(self) -> None:
-        o = self.options
-        need = {"CPU": o.cpus, "GPU": o.gpus, "memory": o.memory or 0}
-        nodes = cluster.node_resources()
-        if any(all(n.get(k, 0.0) >= v for k, v in need.items() if v) for n in nodes):
-            return
-        if cluster.can_autoscale():
-            return
-        have = ", ".join(
-            f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU/{n.get('memory', 0) / 2**30:.1f} GiB"
-            for n in nodes
-        )
-        missing = [k for k, v in need.items() if v and not any(n.get(k, 0.0) >= v for n in nodes)]
-        memory = f"memory={(o.memory or 0) / 2**30:.3g} GiB"
-        what = {"CPU": f"cpus={o.cpus:g}", "GPU": f"gpus={o.gpus:g}", "memory": memory}
-        raise InfeasibleError(
-            f"{self.name}: no node of this cluster can ever provide "
-            f"{', '.join(what[m] for m in missing) or 'this request'} (nodes: {have or 'none'}) "
-            "and no autoscaler can add one. Ask for less, or connect to a cluster that has it "
-            "with nbs.connect(address)."
-        )
+        capacity.check_feasible(self.name, self.options)  # pending on a node type is not infeasible
 
 
 def _kill(actor: Any, pg: Any) -> None:

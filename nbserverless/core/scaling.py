@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from .. import settings
-from . import cluster, policy, warm
+from . import capacity, cluster, policy, warm
 from .loop import registry as _registry
 
 GIVE_WAY_AFTER_S = 0.3
@@ -95,6 +95,7 @@ class Scaling:
                 _registry.remove(self)
         for job in expired:
             self._on_timeout(job)
+        capacity.tick(self, now)  # waiting_for_node in stats(); node_timeout
 
     def waiting_for_resources(self, now: float) -> bool:
         """Work waits and a replica of ours has waited for placement a while, for want of

@@ -87,6 +87,7 @@ class FunctionMeter:
         for c in _COUNTERS:
             setattr(self, c, 0)
         self.in_flight = self.queued = 0
+        self.waiting_for_node, self.waiting_for_node_s = 0, 0.0  # set by core.capacity.tick
         self.first_call: float | None = None
         self._buf: list[tuple] = []
         self._sk = Sketches()
@@ -264,6 +265,8 @@ class FunctionMeter:
         snap.update((c, raw[c]) for c in _COUNTERS)
         for k in ("in_flight", "queued", "replicas", "peak_replicas"):
             snap[k] = raw[k]
+        snap["waiting_for_node"] = self.waiting_for_node  # calls waiting for a node to come up
+        snap["waiting_for_node_s"] = self.waiting_for_node_s  # for how long
         snap["replica_seconds_busy"] = raw["busy"]
         snap["replica_seconds_idle"] = raw["idle"]
         with self._fold_lock:
