@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "prewarm": 2,  # warm stand-in processes that run calls while replicas start (bridge.py);
     # 0 = strict scale to zero
     "warm_imports": True,  # stand-ins import the packages the kernel has imported
+    "budget": None,  # USD for this kernel's session; None = no budget (metering/budget.py)
 }
 
 _lock = threading.Lock()

@@ -87,6 +87,12 @@ class LabServer:
         )
         env.pop("JUPYTER_PATH", None)
         env.update(extra_env or {})
+        # The lab loads THIS checkout's build when there is one (the user data dir comes
+        # first in the lab's extension path), not whatever copy is installed in the env.
+        build = Path(__file__).resolve().parent.parent / "nbserverless" / "labextension"
+        if (build / "package.json").is_file():
+            (self.tmp / "data" / "labextensions").mkdir(parents=True)
+            (self.tmp / "data" / "labextensions" / "nbserverless").symlink_to(build)
         self.env = env
         # No news pop-up over the status bar.
         labconfig = self.tmp / "config" / "labconfig"

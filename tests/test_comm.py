@@ -302,10 +302,15 @@ def test_reload_of_same_tab_closes_its_old_comm(kernel, kernel_comm_id):
 
 def test_unload_closes_comms_and_stops_sending(kernel, kernel_comm_id):
     """Runs last: %unload_ext closes every comm; %load_ext again opens a fresh one."""
-    assert kernel.eval("__import__('nbserverless.notebook.comm', fromlist=['comm']).running()") is True
+    assert (
+        kernel.eval("__import__('nbserverless.notebook.comm', fromlist=['comm']).running()") is True
+    )
     kernel.execute("%unload_ext nbserverless")
     kernel.wait_iopub(closed(kernel_comm_id), timeout=10)
-    assert kernel.eval("__import__('nbserverless.notebook.comm', fromlist=['comm']).running()") is False
+    assert (
+        kernel.eval("__import__('nbserverless.notebook.comm', fromlist=['comm']).running()")
+        is False
+    )
     kernel.execute(FEED.format(key="after_stop", n=1))
     assert [m for m in kernel.drain(1.0) if snapshot_of(m)] == []
     # the target is gone too: a lab comm is closed at once again

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.pool import Job, Pool
 from ..errors import RemoteError, RemoteTraceback
+from ..metering import budget
 from ..worker.replica import UserError
 
 
@@ -103,6 +104,7 @@ class Invoker:
         self._batched = batched
 
     def _pool(self) -> Pool:
+        budget.check()  # every call, submit and map of handles and %%serverless cells
         return self._owner._get_pool()
 
     def call(self, args: tuple, kwargs: dict) -> Any:

@@ -39,6 +39,7 @@ FUNCTION_FIELDS = (
     "errors",
     "retries",
     "cold_starts",
+    "cancellations",
     "in_flight",
     "queued",
     "replicas",
@@ -46,6 +47,8 @@ FUNCTION_FIELDS = (
     "p50_ms",
     "p95_ms",
     "p99_ms",
+    "exec_p50_ms",
+    "exec_p95_ms",
     "cost",
     "cost_idle",
     "always_on_cost",
@@ -135,6 +138,9 @@ def build_snapshot(
         if entry.get("name") is None:
             continue
         entry["name"] = str(entry["name"])
+        if not entry.get("invocations"):  # no finished call: no latency (shown as "–")
+            for k in ("p50_ms", "p95_ms", "p99_ms", "exec_p50_ms", "exec_p95_ms"):
+                entry[k] = None
         functions.append(entry)
     totals = _clean_dict(raw.get("totals"))
     totals.setdefault("invocations", sum(int(f.get("invocations") or 0) for f in functions))
@@ -154,6 +160,15 @@ def build_snapshot(
     prices = raw.get("prices")
     if isinstance(prices, dict):
         msg["prices"] = _clean_dict(prices)
+    try:
+        from nbserverless.metering import budget
+
+        b = budget.state()
+    except Exception:
+        log.debug("nbserverless comm: budget state failed", exc_info=True)
+        b = None
+    if b is not None:
+        msg["budget"] = _clean_dict(b)
     return msg
 
 

@@ -17,6 +17,9 @@ log = logging.getLogger("nbserverless")
 
 
 def load(ip: Any) -> None:
+    import nbserverless
+
+    nbserverless._install_budget_hook()  # %%serverless cells can run before nbs.remote
     cluster.connect(background=True)
     SUPERVISOR.ensure_running()  # warms the stand-ins once connected (bridge.py)
     magics.register(ip)

@@ -310,6 +310,13 @@ def _config(items: list[str]) -> Any:
         print(table_text(("setting", "value"), [(k, repr(v)) for k, v in rows]))
         return None
     new = {k: parse_value(v) for k, v in _key_values(items)}
+    if "budget" in new:
+        from ..metering import budget
+
+        try:
+            new["budget"] = budget.validate(new["budget"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     for key, kind in _SWITCHES.items():
         if key in new and (type(new[key]) is not kind or (kind is int and new[key] < 0)):
             raise UsageError(f"{key}={new[key]!r}: must be a {kind.__name__}")
