@@ -256,6 +256,16 @@ KERNEL_CELLS = [
     "%%serverless\nclass Shown:\n    def _repr_html_(self):\n        return '<b>rich</b>'\nShown()",
     "%%serverless\nx = 1\nraise ValueError('bad value')",
     "%%serverless --cpus abc\nx = 1",
+    # 7-8: IPython syntax and display() in the body
+    "%%serverless\n%time t = 20 + 1\n!echo from-the-shell\nlen?\n"
+    "from IPython.display import display, HTML\ndisplay(HTML('<i>remote display</i>'))",
+    "t",
+    # 9-11: names changed in place come back, identity kept
+    "data = [1, 2, 3]\ncfg = {'k': 0}\nalias = data",
+    "%%serverless\ndata.append(4)\ncfg['k'] = 'v'",
+    "(data, cfg, alias is data)",
+    # 12: --out leaves a changed name behind: the cell says so
+    "%%serverless --out t\ndata.append(5)\nt = 1",
 ]
 
 
@@ -301,6 +311,35 @@ def test_kernel_usage_error_is_one_line(kernel_nb):
     assert not [o for o in cell.outputs if o.output_type == "error"]
     err = [ln for ln in _text(cell, "stderr").splitlines() if ln.strip()]
     assert err == ["UsageError: argument --cpus: invalid float value: 'abc'"]
+
+
+def test_kernel_ipython_syntax_and_remote_display_work_in_the_body(kernel_nb):
+    cell = kernel_nb.cells[7]
+    assert not [o for o in cell.outputs if o.output_type == "error"], cell.outputs
+    out = _text(cell)
+    assert "Wall time" in out and "from-the-shell" in out and "Docstring" in out
+    shown = [o for o in cell.outputs if o.output_type == "display_data"
+             and "text/html" in o["data"]]  # fmt: skip
+    assert [o["data"]["text/html"] for o in shown] == ["<i>remote display</i>"]
+    result = [o for o in kernel_nb.cells[8].outputs if o.output_type == "execute_result"]
+    assert result[0]["data"]["text/plain"] == "21"  # %time's assignment came back
+
+
+def test_kernel_names_changed_in_place_come_back_keeping_identity(kernel_nb):
+    assert not [o for o in kernel_nb.cells[10].outputs if o.output_type == "error"]
+    result = [o for o in kernel_nb.cells[11].outputs if o.output_type == "execute_result"]
+    assert result[0]["data"]["text/plain"] == "([1, 2, 3, 4], {'k': 'v'}, True)"
+    err = _text(kernel_nb.cells[12], "stderr")
+    assert "not brought back: data (changed in place on the replica; --out" in err
+
+
+def test_update_in_place_keeps_identity_or_refuses():
+    a, d, s = [1], {"x": 1}, {1}
+    assert magics.update_in_place(a, [1, 2]) and a == [1, 2]
+    assert magics.update_in_place(d, {"y": 2}) and d == {"y": 2}
+    assert magics.update_in_place(s, {3}) and s == {3}
+    assert not magics.update_in_place((1,), (1, 2))  # immutable: rebound instead
+    assert not magics.update_in_place([1], (1,))  # another type
 
 
 def test_quickstart_notebook_is_committed_without_outputs():
