@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import nbformat
 import pytest
@@ -215,13 +216,29 @@ def test_prices_show_and_set_per_gpu_type(ip):
     try:
         table = ip.run_line_magic("serverless", "prices cpu=0.5 gpu.A100=2 request=0")
         assert table.cpu == 0.5 and table.gpu_price("A100") == 2 and table.request == 0
-        assert ip.run_line_magic("serverless", "prices") is pricing.current()
+        view = ip.run_line_magic("serverless", "prices")
+        assert view.table is pricing.current()
+        text, html = repr(view), view._repr_html_()
+        assert "per second" in text and "per hour" in text and "$0.50" in text  # cpu 0.5/s
+        assert "$1,800.00" in text  # 0.5 USD/s for an hour
+        assert not re.search(r"\de-\d", text) and "set by you" in text
+        assert "per hour" in html and "set by you" in html
         with pytest.raises(UsageError):
             ip.run_line_magic("serverless", "prices cpu=-1")
         with pytest.raises(UsageError):
             ip.run_line_magic("serverless", "prices disk=1")
     finally:
         pricing.reset()
+
+
+def test_default_prices_cite_their_list_by_name_and_date():
+    from nbserverless.notebook.render import PriceView
+
+    text = repr(PriceView(pricing.current()))
+    assert "Modal pricing" in text and f"as of {pricing.AS_OF}" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("cpu (1 core)"))
+    assert "$0.0000131" in line and "$0.047" in line  # per second, per hour
+    assert not re.search(r"\de-\d", text)
 
 
 def test_reset_status_and_bad_commands(ip, capsys):

@@ -424,7 +424,9 @@ def _prices(items: list[str]) -> Any:
             pricing.set_prices(**kw)
         except (ValueError, TypeError) as exc:
             raise UsageError(str(exc)) from None
-    return pricing.current()
+    from .render import PriceView
+
+    return PriceView(pricing.current())
 
 
 def execute_command(shell: Any, command: str, items: list[str]) -> Any:

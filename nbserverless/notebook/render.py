@@ -184,3 +184,64 @@ def sparkline_svg(
         f"role='img' aria-label='{escape(label, quote=True)}'>"
         f"<polyline points='{pts}' fill='none' stroke='#1976d2' stroke-width='1.5'/></svg>"
     )
+
+
+class PriceView:
+    """``%serverless prices``: the price table per second and per hour, citing its source
+    and date. Attributes read through to the table (``view.cpu``, ``view.gpu_price("L4")``).
+
+    Example: ``PriceView(pricing.current())`` shows ``cpu (1 core)  $0.0000131  $0.047``."""
+
+    HEAD = ("resource", "per second", "per hour")
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """``(resource, per second, per hour, set-by-you mark)`` rows."""
+        t = self.table
+
+        def mark(key: str) -> str:
+            return "set by you" if key in t.custom else ""
+
+        def price(v: float) -> str:
+            return "$" + fmt.sig(v, 3)
+
+        rows = [
+            ("cpu (1 core)", price(t.cpu), money(t.cpu * 3600), mark("cpu")),
+            ("memory (1 GiB)", price(t.memory), money(t.memory * 3600), mark("memory")),
+        ]
+        rows += [(f"gpu {k}", price(v), money(v * 3600), mark("gpu")) for k, v in t.gpu.items()]
+        rows.append(("gpu (other types)", price(t.gpu_default), money(t.gpu_default * 3600),
+                     mark("gpu")))  # fmt: skip
+        rows.append(("request (per call)", price(t.request), "", mark("request")))
+        return rows
+
+    def source_line(self) -> str:
+        t = self.table
+        return (
+            f"prices: {t.source}, as of {t.as_of or '–'}; USD, for cost estimates "
+            f"(memory=None bills {t.default_memory_gib:g} GiB per replica)"
+        )
+
+    def __repr__(self) -> str:
+        body = table_text((*self.HEAD, ""), self.rows())
+        return f"{self.source_line()}\n{body}"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:right;padding:1px 8px'>{h}</th>" for h in self.HEAD)
+        body = "".join(
+            "<tr>" + _cell(escape(r[0]), right=False)
+            + "".join(_cell(escape(c)) for c in r[1:3])
+            + _cell(f"<small>{escape(r[3])}</small>", right=False) + "</tr>"
+            for r in self.rows()
+        )  # fmt: skip
+        return (
+            "<div class='nbserverless-prices' style='font-size:12px'>"
+            f"<div>{escape(self.source_line())}</div>"
+            f"<table style='border-collapse:collapse'><thead><tr>{head}<th></th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>"
+        )
