@@ -23,7 +23,12 @@ from lab_helpers import CHROMIUM, LabServer, launch_chromium, run_cell, write_no
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEXT = ROOT / "labextension"
-JLPM = shutil.which("jlpm") or "jlpm"
+JLPM = shutil.which("jlpm")
+needs_jlpm = pytest.mark.skipif(
+    JLPM is None,
+    reason="jlpm not found (it comes with JupyterLab; Node.js >= 20.19 too): "
+    "the extension's jest and lint checks need them",
+)
 STEP = 60_000  # ms: bound of every browser wait (they poll, and return as soon as true)
 
 
@@ -41,6 +46,7 @@ def _jlpm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------------------------
 
 
+@needs_jlpm
 def test_jest_model_tests():
     r = _jlpm("test", "--ci")
     out = r.stdout + r.stderr
@@ -50,6 +56,7 @@ def test_jest_model_tests():
     assert m.group(1) is None and int(m.group(2)) == int(m.group(3)) >= 20, m.group(0)
 
 
+@needs_jlpm
 def test_eslint_and_prettier_clean():
     r = _jlpm("lint:check")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -82,7 +89,10 @@ SUM_30 = sum(i * i for i in range(30))  # 8555
 @pytest.fixture(scope="module")
 def lab(cluster_address):
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium (see .ci/run)")
+        pytest.skip(
+            f"browser tests skipped: no chromium at {CHROMIUM} "
+            "(apt-get install -y chromium; see README 'Set-up')"
+        )
     server = LabServer({"NBSERVERLESS_ADDRESS": cluster_address})
     write_notebook(server.root / "panel.ipynb", CELLS)
     server.start()

@@ -14,7 +14,12 @@ export const MONEY_MIN = 0.000001;
 export const TIME_SIG = 3;
 
 function missing(v: number | null | undefined): v is null | undefined {
-  return v === null || v === undefined || typeof v !== 'number' || !Number.isFinite(v);
+  return (
+    v === null ||
+    v === undefined ||
+    typeof v !== 'number' ||
+    !Number.isFinite(v)
+  );
 }
 
 /** `value` with `digits` significant digits in fixed notation: `sig(0.0000381, 2)` is `0.000038`. */

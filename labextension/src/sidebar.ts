@@ -50,7 +50,7 @@ const COLUMNS: {
     label: 'p50',
     title:
       'Median time the function ran on its replica; the end-to-end median (with queueing and start-up) is in the row details',
-    cell: f => formatMs(f.invocations ? f.exec_p50_ms ?? f.p50_ms : null)
+    cell: f => formatMs(f.invocations ? (f.exec_p50_ms ?? f.p50_ms) : null)
   },
   {
     key: 'replicas',
@@ -76,10 +76,22 @@ export function functionDetails(f: IFunctionStats): [string, string][] {
     ['Cancelled', formatCount(f.cancellations)],
     ['Retries', formatCount(f.retries)],
     ['Cold starts', formatCount(f.cold_starts)],
-    ['Running / queued', `${formatCount(f.in_flight)} / ${formatCount(f.queued)}`],
-    ['p50 run / end-to-end', `${formatMs(none ? null : f.exec_p50_ms)} / ${formatMs(none ? null : f.p50_ms)}`],
-    ['p95 run / end-to-end', `${formatMs(none ? null : f.exec_p95_ms)} / ${formatMs(none ? null : f.p95_ms)}`],
-    ['Replicas now / peak', `${formatCount(f.replicas)} / ${formatCount(f.peak_replicas)}`],
+    [
+      'Running / queued',
+      `${formatCount(f.in_flight)} / ${formatCount(f.queued)}`
+    ],
+    [
+      'p50 run / end-to-end',
+      `${formatMs(none ? null : f.exec_p50_ms)} / ${formatMs(none ? null : f.p50_ms)}`
+    ],
+    [
+      'p95 run / end-to-end',
+      `${formatMs(none ? null : f.exec_p95_ms)} / ${formatMs(none ? null : f.p95_ms)}`
+    ],
+    [
+      'Replicas now / peak',
+      `${formatCount(f.replicas)} / ${formatCount(f.peak_replicas)}`
+    ],
     ['Idle cost (est.)', formatCost(f.cost_idle)],
     ['Always-on (est.)', formatCost(f.always_on_cost)],
     ['Saving', formatSaving(f.saving)]
@@ -261,7 +273,8 @@ namespace Private {
       tr.dataset.function = f.name;
       tr.dataset.kind = f.kind;
       const details = functionDetails(f);
-      tr.title = `${f.name}\n` + details.map(([k, v]) => `${k}: ${v}`).join('\n');
+      tr.title =
+        `${f.name}\n` + details.map(([k, v]) => `${k}: ${v}`).join('\n');
       const open = expanded.has(f.name);
       tr.setAttribute('aria-expanded', open ? 'true' : 'false');
       tr.addEventListener('click', () => {
@@ -275,7 +288,11 @@ namespace Private {
         name.append(el('span', 'nbs-kind', 'cell'));
       }
       if (f.errors > 0) {
-        const badge = el('span', 'nbs-errors nbs-has-errors', `${formatCount(f.errors)}✗`);
+        const badge = el(
+          'span',
+          'nbs-errors nbs-has-errors',
+          `${formatCount(f.errors)}✗`
+        );
         badge.title = `${formatCount(f.errors)} errors`;
         name.append(badge);
       }

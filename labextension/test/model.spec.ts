@@ -219,11 +219,15 @@ describe('formatting', () => {
     expect(budgetText(parsed(d).budget)).toBe('');
     d.budget = { limit: 0.5, spent: 0.41, warn: true, exceeded: false };
     const s = parsed(d);
-    expect(budgetText(s.budget)).toBe('82% of the budget spent ($0.41 of $0.50, estimate)');
+    expect(budgetText(s.budget)).toBe(
+      '82% of the budget spent ($0.41 of $0.50, estimate)'
+    );
     s.totals.replicas = 1;
     expect(statusText('live', s)).toMatch(/⚠$/);
     d.budget = { limit: 0.5, spent: 0.5, warn: true, exceeded: true };
-    expect(budgetText(parsed(d).budget)).toMatch(/^Budget spent: new calls are refused/);
+    expect(budgetText(parsed(d).budget)).toMatch(
+      /^Budget spent: new calls are refused/
+    );
   });
 
   it('builds command messages per DESIGN.md', () => {
