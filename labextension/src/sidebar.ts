@@ -303,7 +303,7 @@ namespace Private {
       rows.push(tr);
       if (open) {
         const more = el('tr', 'nbs-details');
-        more.dataset.function = f.name;
+        more.dataset.detailsFor = f.name;
         const td = el('td');
         td.colSpan = COLUMNS.length + 1;
         const dl = el('dl', 'nbs-details-list');

@@ -477,9 +477,10 @@ class Pool:
         self._pump()
 
     def _report(self, job: Job, ok: bool, value: Any, *, errors: int, exec_s: float = 0.0) -> None:
-        if job.finished:
-            return
-        job.finished = True
+        with self.lock:  # a reply and a cancellation racing: the job is metered once
+            if job.finished:
+                return
+            job.finished = True
         job.exec_s = exec_s
         if ok and job.n:
             item_s = exec_s / job.n
@@ -564,9 +565,10 @@ class Pool:
         bridge.retire(host)
 
     def _cancelled(self, job: Job, *, was_queued: bool) -> None:
-        if job.finished:
-            return
-        job.finished = True
+        with self.lock:  # see _report: finished or cancelled, never both
+            if job.finished:
+                return
+            job.finished = True
         self.meter.cancelled(job.n, was_queued=was_queued)
         job.done(job, False, CancelledError(f"{self.name}: the call was cancelled"))
 

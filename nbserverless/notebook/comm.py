@@ -105,8 +105,17 @@ def _meter() -> Any:
 
 
 def _meter_version() -> Any:
+    """What a new snapshot depends on: the meter's version and the budget's state."""
     m = _meter()
-    return getattr(m, "version", None) if m is not None else None
+    version = getattr(m, "version", None) if m is not None else None
+    try:
+        from nbserverless import settings
+        from nbserverless.metering import budget
+
+        b = budget._BUDGET
+        return (version, settings.get("budget"), b.warn, b.exceeded)
+    except Exception:
+        return version
 
 
 def _cluster_summary() -> dict[str, Any]:
