@@ -73,13 +73,19 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})  # completion offers ``remote`` before its import
 
 
-def _install_budget_hook() -> None:
-    """When the session's budget is spent, every pool scales to zero (metering/budget.py)."""
+def _scale_all_to_zero() -> None:
     from .core import pool
+
+    pool.scale_all_to_zero()
+
+
+def _install_budget_hook() -> None:
+    """When the session's budget is spent, every pool scales to zero (metering/budget.py).
+    Imports no Ray (``%load_ext`` calls it)."""
     from .metering import budget
 
-    if pool.scale_all_to_zero not in budget.on_exceeded:
-        budget.on_exceeded.append(pool.scale_all_to_zero)
+    if _scale_all_to_zero not in budget.on_exceeded:
+        budget.on_exceeded.append(_scale_all_to_zero)
 
 
 def connect(address: str | None = None, *, token: str | None = None) -> str:

@@ -396,3 +396,33 @@ def test_ctrl_c_cancels_the_remote_run(ip):
     assert isinstance(res.error_in_exec, KeyboardInterrupt)
     assert time.monotonic() - t0 < 60
     wait_until(lambda: row("sleepy")["in_flight"] == 0, timeout=30, what="the call to end")
+
+
+def test_kernel_sigterm_leaves_no_native_stack_dump(cluster_address, tmp_path):
+    """Jupyter stops a kernel with SIGTERM when it does not exit on request: Ray's C++
+    failure-signal handler must not print a stack dump into the server's log."""
+    import signal
+
+    from conftest import wait_until
+    from jupyter_client import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    err = tmp_path / "kernel.log"
+    with open(err, "wb") as log:
+        km.start_kernel(env={**os.environ, "NBSERVERLESS_ADDRESS": cluster_address},
+                        stdout=log, stderr=log)  # fmt: skip
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        code = "%load_ext nbserverless\nimport nbserverless as nbs\nnbs.connect()"
+        assert kc.execute_interactive(code, timeout=180)["content"]["status"] == "ok"
+        assert kc.execute_interactive("import ray; ray.is_initialized()", timeout=60)
+        km.signal_kernel(signal.SIGTERM)
+        wait_until(lambda: not km.is_alive(), timeout=60, what="the kernel to exit on SIGTERM")
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+    text = err.read_text(errors="replace")
+    assert "SIGTERM" not in text and "*** " not in text, text[-3000:]

@@ -217,6 +217,20 @@ def _cell_number(shell: Any) -> int:
     return shell.execution_count
 
 
+def _transform(shell: Any, body: str) -> str:
+    """The body as Python, transformed as IPython transforms a cell; ``body`` itself (the
+    same object) when it has no IPython syntax. Leading blank lines are kept so that line
+    numbers match the cell."""
+    transform = getattr(shell, "transform_cell", None)
+    if transform is None:
+        return body
+    code = transform(body)
+    if code.strip() == body.strip():
+        return body
+    lead = body[: len(body) - len(body.lstrip())].count("\n")
+    return "\n" * lead + code.lstrip("\n")
+
+
 def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     """Run ``body`` on a replica with the parsed options; bring back what it assigns and
     return its last value (displayed as the cell's result).
@@ -228,7 +242,7 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     n = _cell_number(shell)
     filename = f"<cell {n}>"
     # IPython syntax (%time, !ls, x?) becomes Python as in any cell: one line for one line
-    code = shell.transform_cell(body) if hasattr(shell, "transform_cell") else body
+    code = _transform(shell, body)
     source = "\n" + code  # line 1 of the cell is the magic line
     try:
         names = capture.analyze(source, filename)
@@ -247,6 +261,7 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
         "inputs": inputs,
         "outputs": out if out is not None else names.assigns,
         "exact": out is not None,
+        "magics": code is not body,  # IPython syntax: names bound by magics come back too
         "want_value": names.last_expr and not capture.is_quiet(body),
     }
     identity = None if args.name else capture.cell_identity(shell, body)

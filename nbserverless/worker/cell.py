@@ -144,8 +144,12 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
                 watched[name] = _digest(cloudpickle.dumps(ns[name]))
             except Exception:
                 pass
+    known = set(ns)
     _run(body, ns, is_async, "exec")
     value = _run(last, ns, is_async, "eval") if last is not None else None
+    names = list(job["outputs"])
+    if job.get("magics") and not job.get("exact"):  # `%time t = f()`: bound by a magic
+        names += [n for n in ns if n not in known and n not in assigned and not n.startswith("_")]
     outputs: dict[str, bytes] = {}
     failed: dict[str, str] = {}
     mutated: dict[str, bytes] = {}
@@ -159,7 +163,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             continue
         if _digest(blob) != before:
             mutated[name] = blob
-    for name in job["outputs"]:
+    for name in names:
         if name not in ns:
             if job.get("exact"):
                 failed[name] = "the cell did not define it"
