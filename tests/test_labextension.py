@@ -103,23 +103,29 @@ def lab(cluster_address):
 
 
 @pytest.fixture(scope="module")
-def page(lab):
+def pw():
+    """One Playwright per module (its sync API cannot be started twice in one thread)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = launch_chromium(p)
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
-        pg = context.new_page()
-        pg.console_messages = []  # type: ignore[attr-defined]
-        pg.on("console", lambda m: pg.console_messages.append(m.text))  # type: ignore[attr-defined]
-        pg.set_default_timeout(STEP)
-        pg.goto(lab.url("/lab/tree/panel.ipynb", reset=""))
-        pg.locator(".jp-Notebook").first.wait_for()
-        try:
-            yield pg
-        finally:
-            context.close()
-            browser.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def page(lab, pw):
+    browser = launch_chromium(pw)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.console_messages = []  # type: ignore[attr-defined]
+    pg.on("console", lambda m: pg.console_messages.append(m.text))  # type: ignore[attr-defined]
+    pg.set_default_timeout(STEP)
+    pg.goto(lab.url("/lab/tree/panel.ipynb", reset=""))
+    pg.locator(".jp-Notebook").first.wait_for()
+    try:
+        yield pg
+    finally:
+        context.close()
+        browser.close()
 
 
 def expect(locator):
@@ -261,33 +267,28 @@ LAYOUT_CELLS = [
 
 
 @pytest.fixture(scope="module")
-def layout_page():
+def layout_page(pw):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"browser tests skipped: no chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
     server = LabServer()
     write_notebook(server.root / "layout.ipynb", LAYOUT_CELLS)
     server.start()
     try:
-        with sync_playwright() as p:
-            browser = launch_chromium(p)
-            # a common laptop screen; the side bar keeps its default width (never resized)
-            pg = browser.new_page(viewport={"width": 1280, "height": 800})
-            pg.set_default_timeout(STEP)
-            pg.goto(server.url("/lab/tree/layout.ipynb", reset=""))
-            pg.locator(".jp-Notebook").first.wait_for()
-            wait_idle(pg)
-            # the kernel is connected (run before that and the run is lost)
-            expect(pg.locator(".jp-StatusBar-Widget").first).to_contain_text(
-                "| Idle", timeout=180_000
-            )
-            for i in range(2):
-                _run_and_wait(pg, i)
-            open_panel(pg)
-            expect(row(pg, "sq").locator(".nbs-col-calls")).to_have_text("30")
-            yield pg
-            browser.close()
+        browser = launch_chromium(pw)
+        # a common laptop screen; the side bar keeps its default width (never resized)
+        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        pg.set_default_timeout(STEP)
+        pg.goto(server.url("/lab/tree/layout.ipynb", reset=""))
+        pg.locator(".jp-Notebook").first.wait_for()
+        wait_idle(pg)
+        # the kernel is connected (run before that and the run is lost)
+        expect(pg.locator(".jp-StatusBar-Widget").first).to_contain_text("| Idle", timeout=180_000)
+        for i in range(2):
+            _run_and_wait(pg, i)
+        open_panel(pg)
+        expect(row(pg, "sq").locator(".nbs-col-calls")).to_have_text("30")
+        yield pg
+        browser.close()
     finally:
         server.stop()
 
