@@ -76,12 +76,15 @@ export function seconds(s: number | null | undefined): string {
   return `${Math.floor(r / 3600)}h${two(Math.floor((r % 3600) / 60))}m`;
 }
 
-/** A latency in milliseconds: `0.800 ms`, `12.3 ms`, `1.06 s`. */
+/** A latency in milliseconds: `800 µs`, `12.3 ms`, `1.06 s`. */
 export function ms(value: number | null | undefined): string {
   if (missing(value)) {
     return NO_DATA;
   }
   const v = Math.max(0, value);
+  if (v > 0 && v < 0.9995) {
+    return `${sig(v * 1000, TIME_SIG)} µs`;
+  }
   if (v < 999.5) {
     return `${sig(v, TIME_SIG)} ms`;
   }

@@ -203,7 +203,7 @@ describe('formatting', () => {
     expect(formatCost(0)).toBe('$0');
     expect(formatCost(1234.5)).toBe('$1,234.50');
     expect(formatCost(null)).toBe('–');
-    expect(formatMs(0.8)).toBe('0.800 ms');
+    expect(formatMs(0.8)).toBe('800 µs');
     expect(formatMs(1060)).toBe('1.06 s');
     expect(formatMs(null)).toBe('–');
     expect(formatSaving(0.734)).toBe('73%');

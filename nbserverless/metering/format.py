@@ -9,7 +9,7 @@ Example::
     >>> money(0.0000381), money(4e-8), money(12.345), money(None)
     ('$0.000038', '<$0.000001', '$12.35', '–')
     >>> ms(0.8), ms(1060.0), ms(None), count(1234567)
-    ('0.800 ms', '1.06 s', '–', '1,234,567')
+    ('800 µs', '1.06 s', '–', '1,234,567')
 """
 
 from __future__ import annotations
@@ -74,12 +74,14 @@ def seconds(s: float | None) -> str:
 
 
 def ms(value: float | None) -> str:
-    """A latency given in milliseconds: ``0.800 ms``, ``12.3 ms``, ``1.06 s``, ``1m05s``.
+    """A latency given in milliseconds: ``800 µs``, ``12.3 ms``, ``1.06 s``, ``1m05s``.
 
     Example: ``ms(1234.5)`` -> ``'1.23 s'``; ``ms(None)`` -> ``'–'``."""
     if _missing(value):
         return NO_DATA
     v = max(0.0, float(value))  # type: ignore[arg-type]
+    if 0 < v < 0.9995:  # below a millisecond: microseconds, never "0.00100 ms"
+        return f"{sig(v * 1000, TIME_SIG)} µs"
     if v < 999.5:
         return f"{sig(v, TIME_SIG)} ms"
     return seconds(v / 1000)
