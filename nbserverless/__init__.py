@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import settings as _settings
 from .core import cluster  # noqa: F401  (nbs.cluster: connection helpers)
 from .errors import (
+    BudgetExceededError,
     CallTimeoutError,
     CancelledError,
     InfeasibleError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetExceededError",
     "CallTimeoutError",
     "CancelledError",
     "InfeasibleError",
@@ -62,6 +64,7 @@ def __getattr__(name: str) -> Any:
         from .notebook import progress
 
         mapping.progress_factory = progress.progress_bar
+        _install_budget_hook()
 
         globals()["remote"] = remote
         return remote
@@ -70,6 +73,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})  # completion offers ``remote`` before its import
+
+
+def _scale_all_to_zero() -> None:
+    from .core import pool
+
+    pool.scale_all_to_zero()
+
+
+def _install_budget_hook() -> None:
+    """When the session's budget is spent, every pool scales to zero (metering/budget.py).
+    Imports no Ray (``%load_ext`` calls it)."""
+    from .metering import budget
+
+    if _scale_all_to_zero not in budget.on_exceeded:
+        budget.on_exceeded.append(_scale_all_to_zero)
 
 
 def connect(address: str | None = None, *, token: str | None = None) -> str:
@@ -92,6 +110,10 @@ class _Config:
     def __call__(self, **settings: Any) -> dict[str, Any]:
         if not settings:
             return _settings.current()
+        if "budget" in settings:
+            from .metering import budget
+
+            settings["budget"] = budget.validate(settings["budget"])
         return _settings.update(**settings)
 
     get = staticmethod(_settings.get)

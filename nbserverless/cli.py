@@ -109,14 +109,15 @@ def build_report(data: dict[str, Any], failed: dict[str, Any] | None, wall_s: fl
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed form of a report: one row per function, totals, the price source."""
-    from .notebook.render import ESTIMATE_NOTE, money, ms, table_text
+    from .notebook.render import ESTIMATE_NOTE, latency, money, percent, table_text
 
     def pct(x: Any) -> str:
-        return f"{x:.0%}" if isinstance(x, int | float) and x else "-"
+        return percent(x) if isinstance(x, int | float) and x else "–"
 
     rows = [
         (f["name"], f["kind"], f"{f['invocations'] or 0:,}", f"{f['errors'] or 0:,}",
-         ms(f["p50_ms"]), ms(f["p95_ms"]), ms(f["p99_ms"]), f"{f['peak_replicas'] or 0}",
+         latency(f, "p50_ms"), latency(f, "p95_ms"), latency(f, "p99_ms"),
+         f"{f['peak_replicas'] or 0}",
          money(f["cost"]), money(f["always_on_cost"]), pct(f["saving"]))
         for f in report["functions"]
     ]  # fmt: skip

@@ -42,6 +42,11 @@ class RemoteExitError(RemoteError):
         self.original = original
 
 
+class BudgetExceededError(RemoteError):
+    """The session's cost budget (``nbs.config(budget=...)``) is spent: new calls are
+    refused until it is raised. The message says what was spent and how to raise it."""
+
+
 class SerializationError(TypeError):
     """An argument, closure or result that cannot be pickled; the message names the object."""
 

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     # 0 = strict scale to zero
     "warm_imports": True,  # warm replicas import the package names the kernel has imported
     "node_timeout": 600.0,  # seconds a call may wait for the autoscaler to add a node
+    "budget": None,  # USD for this kernel's session; None = no budget (metering/budget.py)
 }
 
 _lock = threading.Lock()

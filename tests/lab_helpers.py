@@ -87,6 +87,12 @@ class LabServer:
         )
         env.pop("JUPYTER_PATH", None)
         env.update(extra_env or {})
+        # The lab loads THIS checkout's build when there is one (the user data dir comes
+        # first in the lab's extension path), not whatever copy is installed in the env.
+        build = Path(__file__).resolve().parent.parent / "nbserverless" / "labextension"
+        if (build / "package.json").is_file():
+            (self.tmp / "data" / "labextensions").mkdir(parents=True)
+            (self.tmp / "data" / "labextensions" / "nbserverless").symlink_to(build)
         self.env = env
         # No news pop-up over the status bar.
         labconfig = self.tmp / "config" / "labconfig"
@@ -214,22 +220,14 @@ def screenshot(out: Path, timeout_ms: int = 120_000) -> None:
     try:
         with sync_playwright() as p:
             browser = launch_chromium(p)
-            page = browser.new_page(viewport={"width": 1440, "height": 860})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.set_default_timeout(timeout_ms)
             page.goto(server.url("/lab/tree/quickstart.ipynb", reset=""))
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
             page.locator("#nbserverless-status").click()
             page.locator("#nbserverless-panel").wait_for()
-            # widen the right side bar so every column of the table shows
-            handle = page.locator(
-                "#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)"
-            ).last
-            box = handle.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(x, y)
-            page.mouse.down()
-            page.mouse.move(x - 300, y, steps=5)
-            page.mouse.up()
+            # the side bar keeps its default width: the picture shows what a user sees
+            page.locator(".jp-StatusBar-Widget").first.get_by_text("| Idle").wait_for()
             cells = page.locator(".jp-Notebook .jp-Cell")
             for i in range(len(SCREENSHOT_CELLS)):
                 run_cell(page, i)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import nbformat
 import pytest
@@ -215,13 +216,29 @@ def test_prices_show_and_set_per_gpu_type(ip):
     try:
         table = ip.run_line_magic("serverless", "prices cpu=0.5 gpu.A100=2 request=0")
         assert table.cpu == 0.5 and table.gpu_price("A100") == 2 and table.request == 0
-        assert ip.run_line_magic("serverless", "prices") is pricing.current()
+        view = ip.run_line_magic("serverless", "prices")
+        assert view.table is pricing.current()
+        text, html = repr(view), view._repr_html_()
+        assert "per second" in text and "per hour" in text and "$0.50" in text  # cpu 0.5/s
+        assert "$1,800.00" in text  # 0.5 USD/s for an hour
+        assert not re.search(r"\de-\d", text) and "set by you" in text
+        assert "per hour" in html and "set by you" in html
         with pytest.raises(UsageError):
             ip.run_line_magic("serverless", "prices cpu=-1")
         with pytest.raises(UsageError):
             ip.run_line_magic("serverless", "prices disk=1")
     finally:
         pricing.reset()
+
+
+def test_default_prices_cite_their_list_by_name_and_date():
+    from nbserverless.notebook.render import PriceView
+
+    text = repr(PriceView(pricing.current()))
+    assert "Modal pricing" in text and f"as of {pricing.AS_OF}" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("cpu (1 core)"))
+    assert "$0.0000131" in line and "$0.047" in line  # per second, per hour
+    assert not re.search(r"\de-\d", text)
 
 
 def test_reset_status_and_bad_commands(ip, capsys):
@@ -256,6 +273,16 @@ KERNEL_CELLS = [
     "%%serverless\nclass Shown:\n    def _repr_html_(self):\n        return '<b>rich</b>'\nShown()",
     "%%serverless\nx = 1\nraise ValueError('bad value')",
     "%%serverless --cpus abc\nx = 1",
+    # 7-8: IPython syntax and display() in the body
+    "%%serverless\n%time t = 20 + 1\n!echo from-the-shell\nlen?\n"
+    "from IPython.display import display, HTML\ndisplay(HTML('<i>remote display</i>'))",
+    "t",
+    # 9-11: names changed in place come back, identity kept
+    "data = [1, 2, 3]\ncfg = {'k': 0}\nalias = data",
+    "%%serverless\ndata.append(4)\ncfg['k'] = 'v'",
+    "(data, cfg, alias is data)",
+    # 12: --out leaves a changed name behind: the cell says so
+    "%%serverless --out t\ndata.append(5)\nt = 1",
 ]
 
 
@@ -303,6 +330,35 @@ def test_kernel_usage_error_is_one_line(kernel_nb):
     assert err == ["UsageError: argument --cpus: invalid float value: 'abc'"]
 
 
+def test_kernel_ipython_syntax_and_remote_display_work_in_the_body(kernel_nb):
+    cell = kernel_nb.cells[7]
+    assert not [o for o in cell.outputs if o.output_type == "error"], cell.outputs
+    out = _text(cell)
+    assert "Wall time" in out and "from-the-shell" in out and "Docstring" in out
+    shown = [o["data"]["text/html"] for o in cell.outputs if o.output_type == "display_data"
+             and "nbserverless-inline" not in o["data"].get("text/html", "")]  # fmt: skip
+    assert shown == ["<i>remote display</i>"]  # (the cell's own widget aside)
+    result = [o for o in kernel_nb.cells[8].outputs if o.output_type == "execute_result"]
+    assert result[0]["data"]["text/plain"] == "21"  # %time's assignment came back
+
+
+def test_kernel_names_changed_in_place_come_back_keeping_identity(kernel_nb):
+    assert not [o for o in kernel_nb.cells[10].outputs if o.output_type == "error"]
+    result = [o for o in kernel_nb.cells[11].outputs if o.output_type == "execute_result"]
+    assert result[0]["data"]["text/plain"] == "([1, 2, 3, 4], {'k': 'v'}, True)"
+    err = _text(kernel_nb.cells[12], "stderr")
+    assert "not brought back: data (changed in place on the replica; --out" in err
+
+
+def test_update_in_place_keeps_identity_or_refuses():
+    a, d, s = [1], {"x": 1}, {1}
+    assert magics.update_in_place(a, [1, 2]) and a == [1, 2]
+    assert magics.update_in_place(d, {"y": 2}) and d == {"y": 2}
+    assert magics.update_in_place(s, {3}) and s == {3}
+    assert not magics.update_in_place((1,), (1, 2))  # immutable: rebound instead
+    assert not magics.update_in_place([1], (1,))  # another type
+
+
 def test_quickstart_notebook_is_committed_without_outputs():
     from pathlib import Path
 
@@ -340,3 +396,33 @@ def test_ctrl_c_cancels_the_remote_run(ip):
     assert isinstance(res.error_in_exec, KeyboardInterrupt)
     assert time.monotonic() - t0 < 60
     wait_until(lambda: row("sleepy")["in_flight"] == 0, timeout=30, what="the call to end")
+
+
+def test_kernel_sigterm_leaves_no_native_stack_dump(cluster_address, tmp_path):
+    """Jupyter stops a kernel with SIGTERM when it does not exit on request: Ray's C++
+    failure-signal handler must not print a stack dump into the server's log."""
+    import signal
+
+    from conftest import wait_until
+    from jupyter_client import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    err = tmp_path / "kernel.log"
+    with open(err, "wb") as log:
+        km.start_kernel(env={**os.environ, "NBSERVERLESS_ADDRESS": cluster_address},
+                        stdout=log, stderr=log)  # fmt: skip
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        code = "%load_ext nbserverless\nimport nbserverless as nbs\nnbs.connect()"
+        assert kc.execute_interactive(code, timeout=180)["content"]["status"] == "ok"
+        assert kc.execute_interactive("import ray; ray.is_initialized()", timeout=60)
+        km.signal_kernel(signal.SIGTERM)
+        wait_until(lambda: not km.is_alive(), timeout=60, what="the kernel to exit on SIGTERM")
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+    text = err.read_text(errors="replace")
+    assert "SIGTERM" not in text and "*** " not in text, text[-3000:]

@@ -110,3 +110,57 @@ def test_close_is_idempotent_and_successful_style():
     bundle = bar._repr_mimebundle_()  # the widget, and the final line for static viewers
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == bar.widget.model_id
     assert bundle["text/plain"].startswith("ok: 3/3 (100%)") and "total" in bundle["text/plain"]
+
+
+def test_cancelled_items_are_not_errors_and_interruption_says_cancelled():
+    """The map reports cancelled items among its failures; the bar reads the meter's
+    cancellations and shows them apart; items that never ran are cancelled too."""
+    fm = Meter().function("k", name="<lambda>")
+    bar = ProgressBar(200, "<lambda>", fm, rich=True)
+    fm.submitted(100)
+    fm.dispatched(88)
+    fm.finished(88, total_s=0.01)
+    fm.cancelled(12)  # Ctrl-C: the 12 queued items are cancelled
+    bar.update(100, errors=12)  # the map counts them among its failed items
+    bar.close(ok=False)
+    text = bar.text(final=True)
+    assert text.startswith("<lambda>: 88/200 (44%)"), text
+    assert "error" not in text and "112 cancelled" in text
+    assert bar.bar.bar_style == "warning"  # not "danger": nothing failed
+    assert "&lt;lambda&gt;: 88/200" in bar.label.value  # escaped in the HTML label
+
+
+def test_real_errors_still_show_beside_cancellations():
+    fm = Meter().function("k", name="f")
+    bar = ProgressBar(10, "f", fm, rich=False, stream=io.StringIO())
+    fm.submitted(10)
+    fm.dispatched(6)
+    fm.finished(6, errors=2, total_s=0.01)
+    fm.cancelled(4)
+    bar.update(10, errors=6)
+    bar.close(ok=False)
+    text = bar.text(final=True)
+    assert "6/10" in text and "2 errors" in text and "4 cancelled" in text
+
+
+def test_integration_interrupted_map_bar_and_meter_agree(ray_cluster, capsys):
+    import nbserverless as nbs
+
+    @nbs.remote(cpus=0.25, max_replicas=1, name="slow_item")
+    def slow_item(x):
+        import time as t
+
+        t.sleep(0.2)
+        return x
+
+    run = slow_item.map(range(40), progress=True)
+    for i, _ in enumerate(run):
+        if i == 1:
+            break  # like Ctrl-C in the consuming loop: the map cancels the rest
+    stats = slow_item.stats()
+    err = capsys.readouterr().err
+    final = [ln for ln in err.splitlines() if ln.startswith("slow_item:")][-1]
+    assert stats["errors"] == 0
+    assert "error" not in final and "cancelled" in final, final
+    done = int(final.split(": ", 1)[1].split("/")[0])
+    assert 2 <= done < 40

@@ -68,6 +68,67 @@ def test_inline_widget_appears_and_freezes_at_the_scope_values(ip):
     assert METER._scopes == []  # the cell's scope is closed
 
 
+def test_a_cell_lists_only_the_functions_it_called_and_their_cost_during_it(ip):
+    # "idle" has a replica kept alive from an earlier cell: it accrues cost, but not this
+    # cell's; "busy" is called by the cell
+    run(ip, CALLS.format(key="t_idle", name="idle", n=2))
+    run(ip, "import time\nt_open = time.time()\n" + CALLS.format(key="t_busy", name="busy", n=3))
+    final = widgets.INLINE.last.final
+    assert [r["name"] for r in final["functions"]] == ["busy"]
+    assert final["totals"]["cost"] == final["functions"][0]["cost"]
+    # its cost is what it accrued during the cell: at most its replica's lifetime in the cell
+    assert 0 < final["functions"][0]["cost"] <= final["time"] - ip.user_ns["t_open"] + 1e-6
+    idle = METER.get("t_idle").snapshot()
+    assert idle["replicas"] == 1 and idle["cost"] > 0  # still accrues, just not in this cell
+    value = widgets.INLINE.last.widget.value
+    assert "data-function='idle'" not in value
+    assert html.escape(render.CELL_CAPTION, quote=False) in value  # says what it measures
+    assert "p50 run" in value and "p50 total" in value
+
+
+def test_names_are_escaped_everywhere(ip):
+    run(ip, CALLS.format(key="t_lambda", name="<lambda>", n=2))
+    value = widgets.INLINE.last.widget.value
+    assert "&lt;lambda&gt;" in value and "<lambda>" not in value
+    d = widgets.dashboard(rich=False)
+    assert "&lt;lambda&gt;" in d.html() and "<lambda>" not in d.html()
+    assert render.SESSION_CAPTION in d.text() and html.escape(render.SESSION_CAPTION) in d.html()
+
+
+def test_replica_counts_agree_between_widget_dashboard_stats_and_panel(ip):
+    from nbserverless.notebook import comm
+
+    run(ip, CALLS.format(key="t_reps", name="reps", n=2) + "fm.replica_started('r2')\n")
+    t = time.time()
+    stats = METER.get("t_reps").snapshot(t)
+    d = widgets.dashboard(rich=False)
+    d._sample(force=True)
+    (dash,) = [f for f in d.snapshot["functions"] if f["name"] == "reps"]
+    (panel,) = [f for f in comm.build_snapshot(now=t, cluster={})["functions"]
+                if f["name"] == "reps"]  # fmt: skip
+    (cell,) = widgets.INLINE.last.final["functions"]
+    assert stats["replicas"] == dash["replicas"] == panel["replicas"] == cell["replicas"] == 2
+
+
+def test_budget_warning_in_the_widget_and_the_dashboard(ip):
+    from nbserverless.metering import budget
+
+    run(ip, CALLS.format(key="t_budget", name="spender", n=2))
+    for fm in METER.functions():  # no replica accrues any more: the spent sum stays put
+        for rid in list(fm._live):
+            fm.replica_stopped(rid)
+    spent = METER.snapshot()["totals"]["cost"]
+    settings.update(budget=spent / 0.9)  # 90 % spent
+    budget._BUDGET.update()
+    assert budget.warning().startswith("90% of the budget spent")
+    run(ip, "fm.submitted(); fm.dispatched(); fm.finished(1, total_s=0.01)")
+    assert "nbserverless-budget" in widgets.INLINE.last.widget.value
+    assert "of the budget spent" in widgets.dashboard(rich=False).text()
+    settings.update(budget=None)
+    budget._BUDGET.update()
+    assert budget.warning() == ""
+
+
 def test_second_cell_counts_only_its_own_calls(ip):
     run(ip, CALLS.format(key="t2", name="f", n=5))
     run(ip, CALLS.format(key="t2", name="f", n=7))
@@ -191,8 +252,10 @@ def test_dashboard_text_fallback_without_widgets():
 
 def test_render_helpers():
     assert render.money(0) == "$0" and render.money(2) == "$2.00"
-    assert render.ms(0) == "-" and render.ms(1500) == "1.5 s"
-    assert render.duration(None) == "?" and render.duration(61) == "1m01s"
+    assert render.money(0.0000381) == "$0.000038" and render.money(4e-8) == "<$0.000001"
+    assert render.ms(None) == "–" and render.ms(1500) == "1.50 s"
+    assert render.latency({"invocations": 0, "p50_ms": 0.0}, "p50_ms") == "–"
+    assert render.duration(None) == "–" and render.duration(61) == "1m01s"
     svg = render.sparkline_svg([0, 1, 2, 1])
     assert svg.startswith("<svg") and svg.count(",") == 4
 

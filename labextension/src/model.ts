@@ -3,6 +3,7 @@
  * sends over the `nbserverless` comm (DESIGN.md "Comm message schema"), formatting, and a
  * render throttle. Pure TypeScript with no JupyterLab imports, so jest tests it directly.
  */
+import { count, money, ms, percent } from './format';
 
 /** Target name of the comm between the kernel and the lab. */
 export const COMM_TARGET = 'nbserverless';
@@ -32,9 +33,12 @@ export interface IFunctionStats {
   queued: number;
   replicas: number;
   peak_replicas: number;
+  cancellations: number;
   p50_ms: number | null;
   p95_ms: number | null;
   p99_ms: number | null;
+  exec_p50_ms: number | null;
+  exec_p95_ms: number | null;
   cost: number;
   cost_idle: number;
   always_on_cost: number | null;
@@ -50,6 +54,16 @@ export interface ITotals {
   saving: number | null;
 }
 
+/** The session's cost budget (`nbs.config(budget=...)`), when one is set. */
+export interface IBudget {
+  limit: number;
+  spent: number;
+  /** 80 % of the budget or more is spent. */
+  warn: boolean;
+  /** The budget is spent: new calls raise BudgetExceededError. */
+  exceeded: boolean;
+}
+
 /** A validated snapshot. */
 export interface ISnapshot {
   version: number;
@@ -57,6 +71,18 @@ export interface ISnapshot {
   cluster: IClusterSummary;
   functions: IFunctionStats[];
   totals: ITotals;
+  budget: IBudget | null;
+}
+
+/** The budget line of the panel and status bar, or '' without a budget below 80 %. */
+export function budgetText(b: IBudget | null): string {
+  if (b === null || !b.warn) {
+    return '';
+  }
+  const what = b.exceeded
+    ? 'Budget spent: new calls are refused'
+    : `${percent(b.spent / b.limit)} of the budget spent`;
+  return `${what} (${money(b.spent)} of ${money(b.limit)}, estimate)`;
 }
 
 /** Result of parsing a comm message. */
@@ -162,65 +188,23 @@ export function parseSnapshot(data: unknown): ParseResult {
       time: Private.num(data.time) ?? 0,
       cluster,
       functions,
-      totals
+      totals,
+      budget: Private.parseBudget(data.budget)
     }
   };
 }
 
-/** `$0.0031`: an estimated cost in USD, with enough digits to see small sums. */
-export function formatCost(usd: number | null | undefined): string {
-  if (usd === null || usd === undefined || !Number.isFinite(usd)) {
-    return '–';
-  }
-  const sign = usd < 0 ? '-' : '';
-  const a = Math.abs(usd);
-  if (a === 0) {
-    return '$0.00';
-  }
-  if (a >= 100) {
-    return `${sign}$${a.toFixed(0)}`;
-  }
-  if (a >= 1) {
-    return `${sign}$${a.toFixed(2)}`;
-  }
-  if (a >= 0.01) {
-    return `${sign}$${a.toFixed(4)}`;
-  }
-  return `${sign}$${a.toPrecision(2)}`;
-}
+/** An estimated cost in USD (the shared formatter, `format.ts`). */
+export const formatCost = money;
 
-/** `0.80 ms`, `12.3 ms`, `1.52 s`. */
-export function formatMs(ms: number | null | undefined): string {
-  if (ms === null || ms === undefined || !Number.isFinite(ms)) {
-    return '–';
-  }
-  if (ms < 10) {
-    return `${ms.toFixed(2)} ms`;
-  }
-  if (ms < 1000) {
-    return `${ms.toFixed(1)} ms`;
-  }
-  return `${(ms / 1000).toFixed(2)} s`;
-}
+/** A latency in ms: `0.800 ms`, `12.3 ms`, `1.06 s`; `–` for no data. */
+export const formatMs = ms;
 
 /** `73%` for a saving of 0.73 (negative: always-on would have been cheaper). */
-export function formatSaving(fraction: number | null | undefined): string {
-  if (
-    fraction === null ||
-    fraction === undefined ||
-    !Number.isFinite(fraction)
-  ) {
-    return '–';
-  }
-  const pct = fraction * 100;
-  const text = Math.abs(pct) >= 10 ? pct.toFixed(0) : pct.toFixed(1);
-  return `${text.replace('-', '−')}%`;
-}
+export const formatSaving = percent;
 
 /** `1,234` */
-export function formatCount(n: number): string {
-  return Math.round(n).toLocaleString('en-US');
-}
+export const formatCount = count;
 
 /** `3 / 8` for used / total resources (used to one decimal when fractional). */
 export function formatUsed(used: number, total: number): string {
@@ -262,9 +246,10 @@ export function statusText(
     return '⚡ –';
   }
   const n = snapshot.totals.replicas;
+  const warn = snapshot.budget?.warn ? ' ⚠' : '';
   return `⚡ ${n} ${n === 1 ? 'replica' : 'replicas'} · ${formatCost(
     snapshot.totals.cost
-  )}`;
+  )}${warn}`;
 }
 
 /** The status bar tooltip: says the cost is an estimate. */
@@ -281,6 +266,7 @@ export function statusTooltip(
       t.invocations
     )} calls, ` +
     `estimated cost ${formatCost(t.cost)} (an estimate from the price table, not a bill). ` +
+    (snapshot.budget?.warn ? `${budgetText(snapshot.budget)}. ` : '') +
     'Click to open the Serverless panel.'
   );
 }
@@ -358,6 +344,23 @@ namespace Private {
     return 1 - cost / alwaysOn;
   }
 
+  export function parseBudget(raw: unknown): IBudget | null {
+    if (!isObject(raw)) {
+      return null;
+    }
+    const limit = num(raw.limit);
+    if (limit === null || limit <= 0) {
+      return null;
+    }
+    const spent = num(raw.spent) ?? 0;
+    return {
+      limit,
+      spent,
+      warn: raw.warn === true || spent >= 0.8 * limit,
+      exceeded: raw.exceeded === true || spent >= limit
+    };
+  }
+
   /** A non-negative integer count; anything else is 0. */
   export function count(v: unknown): number {
     const n = num(v);
@@ -379,6 +382,7 @@ namespace Private {
       errors: count(raw.errors),
       retries: count(raw.retries),
       cold_starts: count(raw.cold_starts),
+      cancellations: count(raw.cancellations),
       in_flight: count(raw.in_flight),
       queued: count(raw.queued),
       replicas: count(raw.replicas),
@@ -386,6 +390,8 @@ namespace Private {
       p50_ms: num(raw.p50_ms),
       p95_ms: num(raw.p95_ms),
       p99_ms: num(raw.p99_ms),
+      exec_p50_ms: num(raw.exec_p50_ms),
+      exec_p95_ms: num(raw.exec_p95_ms),
       cost: num(raw.cost) ?? 0,
       cost_idle: num(raw.cost_idle) ?? 0,
       always_on_cost: num(raw.always_on_cost),

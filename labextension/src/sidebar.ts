@@ -7,6 +7,7 @@ import { Widget } from '@lumino/widgets';
 
 import { ServerlessTracker } from './connection';
 import {
+  budgetText,
   Command,
   emptyMessage,
   formatCost,
@@ -28,7 +29,10 @@ export const serverlessIcon = new LabIcon({
     '<path class="jp-icon3" fill="#616161" d="M13 2 4 14h7l-1 8 9-12h-7l1-8z"/></svg>'
 });
 
-/** The columns of the function table. */
+/**
+ * The columns of the function table: five, so that they fit the side bar at its default
+ * width. Everything else is in the row's tooltip and in its details (click the row).
+ */
 const COLUMNS: {
   key: string;
   label: string;
@@ -38,47 +42,61 @@ const COLUMNS: {
   {
     key: 'calls',
     label: 'Calls',
-    title: 'Invocations finished',
+    title: 'Invocations finished (errors and cancellations in the row details)',
     cell: f => formatCount(f.invocations)
-  },
-  {
-    key: 'errors',
-    label: 'Errors',
-    title: 'Invocations that raised',
-    cell: f => formatCount(f.errors)
   },
   {
     key: 'p50',
     label: 'p50',
-    title: 'Median latency',
-    cell: f => formatMs(f.p50_ms)
-  },
-  {
-    key: 'p95',
-    label: 'p95',
-    title: '95th percentile latency',
-    cell: f => formatMs(f.p95_ms)
+    title:
+      'Median time the function ran on its replica; the end-to-end median (with queueing and start-up) is in the row details',
+    cell: f => formatMs(f.invocations ? (f.exec_p50_ms ?? f.p50_ms) : null)
   },
   {
     key: 'replicas',
-    label: 'Repl.',
-    title: 'Replicas running now (peak in the tooltip)',
-    cell: f => `${f.replicas}`
+    label: 'Replicas',
+    title: 'Replicas running now (peak in the row details)',
+    cell: f => formatCount(f.replicas)
   },
   {
     key: 'cost',
-    label: 'Cost (est.)',
-    title: 'Estimated cost (USD) from the price table: an estimate, not a bill',
-    cell: f => formatCost(f.cost)
-  },
-  {
-    key: 'saving',
-    label: 'Saving',
+    label: 'Cost',
     title:
-      'Saving against an always-on server with the peak replicas: 1 − cost / always-on cost',
-    cell: f => formatSaving(f.saving)
+      'Estimated cost (USD) from the price table, idle keep-alive included: an estimate, not a bill',
+    cell: f => formatCost(f.cost)
   }
 ];
+
+/** The details of one function: shown in its row's tooltip and expanded row. */
+export function functionDetails(f: IFunctionStats): [string, string][] {
+  const none = f.invocations === 0;
+  return [
+    ['Kind', f.kind],
+    ['Errors', formatCount(f.errors)],
+    ['Cancelled', formatCount(f.cancellations)],
+    ['Retries', formatCount(f.retries)],
+    ['Cold starts', formatCount(f.cold_starts)],
+    [
+      'Running / queued',
+      `${formatCount(f.in_flight)} / ${formatCount(f.queued)}`
+    ],
+    [
+      'p50 run / end-to-end',
+      `${formatMs(none ? null : f.exec_p50_ms)} / ${formatMs(none ? null : f.p50_ms)}`
+    ],
+    [
+      'p95 run / end-to-end',
+      `${formatMs(none ? null : f.exec_p95_ms)} / ${formatMs(none ? null : f.p95_ms)}`
+    ],
+    [
+      'Replicas now / peak',
+      `${formatCount(f.replicas)} / ${formatCount(f.peak_replicas)}`
+    ],
+    ['Idle cost (est.)', formatCost(f.cost_idle)],
+    ['Always-on (est.)', formatCost(f.always_on_cost)],
+    ['Saving', formatSaving(f.saving)]
+  ];
+}
 
 /**
  * The side panel widget. It renders from the tracker's active link whenever the tracker
@@ -118,11 +136,16 @@ export class ServerlessPanel extends Widget {
     node.querySelectorAll('button.nbs-button').forEach(b => {
       (b as HTMLButtonElement).disabled = !live;
     });
+    const budget = q('.nbs-budget');
+    budget.textContent = live ? budgetText(snapshot.budget) : '';
+    budget.hidden = !live || budget.textContent === '';
     if (live) {
       Private.renderCluster(q('.nbs-cluster'), snapshot);
       Private.renderTable(
         node.querySelector('tbody') as HTMLTableSectionElement,
-        snapshot
+        snapshot,
+        this.expanded,
+        () => this.render()
       );
       Private.renderTotals(
         node.querySelector('tfoot') as HTMLTableSectionElement,
@@ -132,6 +155,9 @@ export class ServerlessPanel extends Widget {
       (node.querySelector('tbody') as HTMLElement).replaceChildren();
     }
   }
+
+  /** Functions whose details row is open (clicking a row toggles it). */
+  readonly expanded = new Set<string>();
 
   dispose(): void {
     if (this.isDisposed) {
@@ -168,7 +194,9 @@ namespace Private {
     root.append(header, el('div', 'nbs-empty'));
 
     const body = el('div', 'nbs-body');
-    body.append(el('div', 'nbs-cluster'));
+    const budget = el('div', 'nbs-budget');
+    budget.setAttribute('role', 'alert');
+    body.append(budget, el('div', 'nbs-cluster'));
 
     const actions = el('div', 'nbs-actions');
     const buttons: [string, string, Command, string][] = [
@@ -209,7 +237,7 @@ namespace Private {
       el(
         'div',
         'nbs-note',
-        'Costs are estimates from the price table in use, not a bill.'
+        'Costs are estimates from the price table in use, not a bill. Click a row for its details.'
       )
     );
     root.append(body);
@@ -235,31 +263,57 @@ namespace Private {
 
   export function renderTable(
     tbody: HTMLTableSectionElement,
-    s: ISnapshot
+    s: ISnapshot,
+    expanded: Set<string>,
+    rerender: () => void
   ): void {
     const rows: HTMLTableRowElement[] = [];
     for (const f of s.functions) {
       const tr = el('tr', 'nbs-row');
       tr.dataset.function = f.name;
       tr.dataset.kind = f.kind;
+      const details = functionDetails(f);
+      tr.title =
+        `${f.name}\n` + details.map(([k, v]) => `${k}: ${v}`).join('\n');
+      const open = expanded.has(f.name);
+      tr.setAttribute('aria-expanded', open ? 'true' : 'false');
+      tr.addEventListener('click', () => {
+        if (!expanded.delete(f.name)) {
+          expanded.add(f.name);
+        }
+        rerender();
+      });
       const name = el('td', 'nbs-col-name', f.name);
-      name.title = `${f.kind} ${f.name}: ${f.retries} retries, ${f.cold_starts} cold starts, ${f.in_flight} running, ${f.queued} queued`;
       if (f.kind === 'cell') {
         name.append(el('span', 'nbs-kind', 'cell'));
       }
+      if (f.errors > 0) {
+        const badge = el(
+          'span',
+          'nbs-errors nbs-has-errors',
+          `${formatCount(f.errors)}✗`
+        );
+        badge.title = `${formatCount(f.errors)} errors`;
+        name.append(badge);
+      }
       tr.append(name);
       for (const c of COLUMNS) {
-        const td = el('td', `nbs-col-${c.key}`, c.cell(f));
-        if (c.key === 'replicas') {
-          td.title = `peak ${f.peak_replicas}`;
-        } else if (c.key === 'saving' && f.always_on_cost !== null) {
-          td.title = `always-on estimate ${formatCost(f.always_on_cost)}`;
-        } else if (c.key === 'errors' && f.errors > 0) {
-          td.classList.add('nbs-has-errors');
-        }
-        tr.append(td);
+        tr.append(el('td', `nbs-col-${c.key}`, c.cell(f)));
       }
       rows.push(tr);
+      if (open) {
+        const more = el('tr', 'nbs-details');
+        more.dataset.detailsFor = f.name;
+        const td = el('td');
+        td.colSpan = COLUMNS.length + 1;
+        const dl = el('dl', 'nbs-details-list');
+        for (const [k, v] of details) {
+          dl.append(el('dt', undefined, k), el('dd', undefined, v));
+        }
+        td.append(dl);
+        more.append(td);
+        rows.push(more);
+      }
     }
     if (rows.length === 0) {
       const tr = el('tr', 'nbs-row-empty');
@@ -277,15 +331,13 @@ namespace Private {
   ): void {
     const t = s.totals;
     const tr = el('tr', 'nbs-totals');
+    tr.title = `Errors: ${formatCount(t.errors)}\nSaving against always-on: ${formatSaving(t.saving)}`;
     const cells: [string, string][] = [
       ['name', 'Total'],
       ['calls', formatCount(t.invocations)],
-      ['errors', formatCount(t.errors)],
       ['p50', ''],
-      ['p95', ''],
-      ['replicas', `${t.replicas}`],
-      ['cost', formatCost(t.cost)],
-      ['saving', formatSaving(t.saving)]
+      ['replicas', formatCount(t.replicas)],
+      ['cost', formatCost(t.cost)]
     ];
     for (const [key, text] of cells) {
       tr.append(el('td', `nbs-col-${key}`, text));

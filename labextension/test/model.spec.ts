@@ -1,4 +1,5 @@
 import {
+  budgetText,
   commandMessage,
   emptyMessage,
   formatCost,
@@ -196,33 +197,37 @@ describe('parseSnapshot', () => {
 });
 
 describe('formatting', () => {
-  it('formats costs', () => {
-    expect(formatCost(0.0031)).toBe('$0.0031');
-    expect(formatCost(0.00012)).toBe('$0.00012');
-    expect(formatCost(0.0312)).toBe('$0.0312');
-    expect(formatCost(0.000012)).toBe('$0.000012');
-    expect(formatCost(0)).toBe('$0.00');
-    expect(formatCost(1.5)).toBe('$1.50');
-    expect(formatCost(1234.4)).toBe('$1234');
-    expect(formatCost(-0.5)).toBe('-$0.5000');
+  it('uses the shared formatter (tests/format_examples.json)', () => {
+    expect(formatCost(0.0000381)).toBe('$0.000038');
+    expect(formatCost(4e-8)).toBe('<$0.000001');
+    expect(formatCost(0)).toBe('$0');
+    expect(formatCost(1234.5)).toBe('$1,234.50');
     expect(formatCost(null)).toBe('–');
-    expect(formatCost(NaN)).toBe('–');
-  });
-
-  it('formats latencies', () => {
-    expect(formatMs(0.8)).toBe('0.80 ms');
-    expect(formatMs(12.34)).toBe('12.3 ms');
-    expect(formatMs(1520)).toBe('1.52 s');
+    expect(formatMs(0.8)).toBe('800 µs');
+    expect(formatMs(1060)).toBe('1.06 s');
     expect(formatMs(null)).toBe('–');
-  });
-
-  it('formats savings and resources', () => {
     expect(formatSaving(0.734)).toBe('73%');
-    expect(formatSaving(0.05)).toBe('5.0%');
-    expect(formatSaving(-0.2)).toBe('−20%');
     expect(formatSaving(null)).toBe('–');
     expect(formatUsed(1, 2)).toBe('1 / 2');
     expect(formatUsed(0.5, 2)).toBe('0.5 / 2');
+  });
+
+  it('reads the budget and warns from 80 %', () => {
+    const d = designExample();
+    expect(parsed(d).budget).toBeNull();
+    d.budget = { limit: 0.5, spent: 0.1, warn: false, exceeded: false };
+    expect(budgetText(parsed(d).budget)).toBe('');
+    d.budget = { limit: 0.5, spent: 0.41, warn: true, exceeded: false };
+    const s = parsed(d);
+    expect(budgetText(s.budget)).toBe(
+      '82% of the budget spent ($0.41 of $0.50, estimate)'
+    );
+    s.totals.replicas = 1;
+    expect(statusText('live', s)).toMatch(/⚠$/);
+    d.budget = { limit: 0.5, spent: 0.5, warn: true, exceeded: true };
+    expect(budgetText(parsed(d).budget)).toMatch(
+      /^Budget spent: new calls are refused/
+    );
   });
 
   it('builds command messages per DESIGN.md', () => {

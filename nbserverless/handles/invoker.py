@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.pool import Job, Pool
 from ..errors import RemoteError, RemoteExitError, RemoteTraceback, SerializationError
+from ..metering import budget
 from ..shipping import cell_display_name, diagnose_args
 from ..worker import codec
 from ..worker.replica import UserError
@@ -168,6 +169,7 @@ class Invoker:
         self._batched = batched
 
     def _pool(self) -> Pool:
+        budget.check()  # every call, submit and map of handles and %%serverless cells
         return self._owner._get_pool()
 
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[Pool, Any]:

@@ -68,7 +68,8 @@ def costs(snap: dict[str, Any], raw: dict[str, Any], rate: float, request: float
 class Scope:
     """Deltas of the meter since ``open_scope()`` (one notebook cell): the inline widget.
 
-    ``snapshot()`` lists the functions active in the scope; after ``close()`` it returns the
+    ``snapshot()`` lists the functions the cell called (submitted to) with what they did and
+    cost since the scope opened; after ``close()`` it returns the
     final values frozen at close time. Example::
 
         scope = METER.open_scope(); f(1); final = scope.close(); final["functions"][0]["invocations"]
@@ -92,17 +93,15 @@ class Scope:
         return sk
 
     def _function(self, fm: Any, now: float) -> dict[str, Any] | None:
+        # Only the functions this cell called: another function's keep-alive, or a call
+        # submitted by an earlier cell that finishes now, is not this cell's.
+        if fm._gen < self.gen:
+            return None
         raw = fm._raw(now)
         base = self._base.get(id(fm))
-        active = fm._gen >= self.gen or id(fm) in self._sk or id(fm) in self._peak
-        if base is None:
+        if base is None:  # made during the cell: everything it has is this cell's
             base = dict.fromkeys(raw, 0)
             base["busy"] = base["idle"] = 0.0
-            active = active or raw["replicas"] > 0
-        elif not active:
-            active = any(raw[c] != base[c] for c in COUNTERS)
-        if not active:
-            return None
         snap: dict[str, Any] = {"name": fm.name, "kind": fm.kind}
         d = {c: raw[c] - base[c] for c in (*COUNTERS, "busy", "idle")}
         snap.update((c, d[c]) for c in COUNTERS)

@@ -39,6 +39,7 @@ FUNCTION_FIELDS = (
     "errors",
     "retries",
     "cold_starts",
+    "cancellations",
     "in_flight",
     "queued",
     "replicas",
@@ -46,6 +47,8 @@ FUNCTION_FIELDS = (
     "p50_ms",
     "p95_ms",
     "p99_ms",
+    "exec_p50_ms",
+    "exec_p95_ms",
     "cost",
     "cost_idle",
     "always_on_cost",
@@ -102,8 +105,17 @@ def _meter() -> Any:
 
 
 def _meter_version() -> Any:
+    """What a new snapshot depends on: the meter's version and the budget's state."""
     m = _meter()
-    return getattr(m, "version", None) if m is not None else None
+    version = getattr(m, "version", None) if m is not None else None
+    try:
+        from nbserverless import settings
+        from nbserverless.metering import budget
+
+        b = budget._BUDGET
+        return (version, settings.get("budget"), b.warn, b.exceeded)
+    except Exception:
+        return version
 
 
 def _cluster_summary() -> dict[str, Any]:
@@ -135,6 +147,9 @@ def build_snapshot(
         if entry.get("name") is None:
             continue
         entry["name"] = str(entry["name"])
+        if not entry.get("invocations"):  # no finished call: no latency (shown as "–")
+            for k in ("p50_ms", "p95_ms", "p99_ms", "exec_p50_ms", "exec_p95_ms"):
+                entry[k] = None
         functions.append(entry)
     totals = _clean_dict(raw.get("totals"))
     totals.setdefault("invocations", sum(int(f.get("invocations") or 0) for f in functions))
@@ -154,6 +169,15 @@ def build_snapshot(
     prices = raw.get("prices")
     if isinstance(prices, dict):
         msg["prices"] = _clean_dict(prices)
+    try:
+        from nbserverless.metering import budget
+
+        b = budget.state()
+    except Exception:
+        log.debug("nbserverless comm: budget state failed", exc_info=True)
+        b = None
+    if b is not None:
+        msg["budget"] = _clean_dict(b)
     return msg
 
 

@@ -1,4 +1,5 @@
-"""Progress bars for ``map``: done/total, rate, time left, errors, estimated cost per 1,000 items.
+"""Progress bars for ``map``: done/total, rate, time left, errors, cancelled items (never
+counted as errors), estimated cost per 1,000 items.
 
 ``update()`` only stores two numbers; a daemon ticker renders at most ``1/INTERVAL`` times a
 second: an ipywidgets bar in a Jupyter kernel, a text line on stderr elsewhere (redrawn in
@@ -16,8 +17,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from html import escape
 from typing import Any, TextIO
 
+from ..metering import format as fmt
 from . import render
 from .widgets import rich_display
 
@@ -30,7 +33,7 @@ LOG_EVERY = 10.0  # s between lines when stderr is not a terminal
 class NullProgress:
     """``progress=False``: does nothing."""
 
-    def update(self, done: int, errors: int = 0) -> None:
+    def update(self, done: int, errors: int = 0, cancelled: int | None = None) -> None:
         pass
 
     def close(self, ok: bool = True) -> None:
@@ -54,10 +57,12 @@ class ProgressBar:
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self.done = self.errors = 0
+        self.cancelled: int | None = None  # given by the caller, else read from the meter
+        self.ok = True
         self.closed = False
         self.renders = 0
         self._t0 = time.monotonic()
-        self._start_calls, self._start_cost = self._meter_numbers()
+        self._start_calls, self._start_cost, self._start_cancels = self._meter_numbers()
         self._rendered: tuple | None = None
         self._last_line = 0.0
         self._lock = threading.Lock()
@@ -74,7 +79,7 @@ class ProgressBar:
             self.bar = ipywidgets.IntProgress(
                 value=0, min=0, max=max(total or 1, 1), bar_style="info", description=name[:20]
             )
-            self.label = ipywidgets.HTML(value=self.text())
+            self.label = ipywidgets.HTML(value=escape(self.text()))
             self.widget = ipywidgets.HBox([self.bar, self.label])
             self._handle = display(self, display_id=True)
         self._thread = threading.Thread(
@@ -83,48 +88,68 @@ class ProgressBar:
         self._thread.start()
 
     # ---- cheap --------------------------------------------------------------------------
-    def update(self, done: int, errors: int = 0) -> None:
-        """Record progress (absolute counts); rendering happens on the ticker."""
+    def update(self, done: int, errors: int = 0, cancelled: int | None = None) -> None:
+        """Record progress (absolute counts: items reported, of which ``errors`` failed and
+        ``cancelled`` were cancelled); rendering happens on the ticker. Without ``cancelled``
+        the bar reads this function's cancellations from the meter: a cancelled item is
+        not an error (the meter counts it apart, and so does the bar)."""
         self.done, self.errors = done, errors
+        if cancelled is not None:
+            self.cancelled = cancelled
 
     # ---- numbers ------------------------------------------------------------------------
-    def _meter_numbers(self) -> tuple[int, float]:
+    def _meter_numbers(self) -> tuple[int, float, int]:
         if self.meter is None:
-            return 0, 0.0
+            return 0, 0.0, 0
         try:
             s = self.meter.snapshot()
-            return s["invocations"], s["cost"]
+            return s["invocations"], s["cost"], s["cancellations"]
         except Exception:
-            return 0, 0.0
+            return 0, 0.0, 0
 
-    def numbers(self) -> dict[str, Any]:
-        """done, total, errors, rate (items/s), eta_s (None if unknown), cost_per_1k (est.)."""
-        done, errors, total = self.done, self.errors, self.total
+    def numbers(self, final: bool = False) -> dict[str, Any]:
+        """done (finished, failed included), total, errors, cancelled, rate (items/s), eta_s
+        (None if unknown), cost_per_1k (est.). ``final`` after an interruption: the items
+        that never ran count as cancelled."""
+        total = self.total
+        calls, cost, cancels = self._meter_numbers()
+        cancelled = self.cancelled
+        if cancelled is None:
+            cancelled = max(0, cancels - self._start_cancels)
+        cancelled = min(cancelled, self.done)
+        errors = max(0, self.errors - (0 if self.cancelled is not None else cancelled))
+        done = self.done - cancelled
+        if final and not self.ok and total is not None:
+            cancelled = max(cancelled, total - done)  # never ran: cancelled, not failed
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         rate = done / elapsed if done else 0.0
         eta = (total - done) / rate if total is not None and rate > 0 else None
         cost_per_1k = None
-        calls, cost = self._meter_numbers()
         if calls > self._start_calls:  # this map's share: items and cost since it started
             cost_per_1k = (cost - self._start_cost) / (calls - self._start_calls) * 1000
-        return {"done": done, "total": total, "errors": errors, "rate": rate,
-                "eta_s": eta, "elapsed_s": elapsed, "cost_per_1k": cost_per_1k}  # fmt: skip
+        return {"done": done, "total": total, "errors": errors, "cancelled": cancelled,
+                "rate": rate, "eta_s": eta, "elapsed_s": elapsed,
+                "cost_per_1k": cost_per_1k}  # fmt: skip
 
     def text(self, final: bool = False) -> str:
         """One line: ``square: 250/1,000 (25%) · 120 items/s · 6s left · 1 error · ≈$0.0004 per
         1k items (est.)``."""
-        n = self.numbers()
-        total = n["total"]
-        parts = [
-            f"{n['done']:,}/{total:,} ({n['done'] / total:.0%})" if total else f"{n['done']:,}"
-        ]
-        parts.append(f"{n['rate']:.3g} items/s" if n["rate"] else "starting")
+        n = self.numbers(final=final)
+        total, c = n["total"], render.count
+        pct = f" ({n['done'] / total:.0%})" if total else ""
+        parts = [f"{c(n['done'])}/{c(total)}{pct}" if total else c(n["done"])]
+        if n["rate"]:
+            parts.append(f"{fmt.sig(n['rate'], 3)} items/s")
+        elif not final:
+            parts.append("starting")
         if final:
             parts.append(f"{render.duration(n['elapsed_s'])} total")
         elif total:
             parts.append(f"{render.duration(n['eta_s'])} left")
         if n["errors"]:
-            parts.append(f"{n['errors']:,} error{'s' if n['errors'] != 1 else ''}")
+            parts.append(f"{c(n['errors'])} error{'s' if n['errors'] != 1 else ''}")
+        if n["cancelled"]:
+            parts.append(f"{c(n['cancelled'])} cancelled")
         if n["cost_per_1k"] is not None:
             parts.append(f"≈{render.money(n['cost_per_1k'])} per 1k items (est.)")
         return f"{self.name}: " + " · ".join(parts)
@@ -133,7 +158,7 @@ class ProgressBar:
     def render(self, final: bool = False, ok: bool = True) -> None:
         """Draw now (the ticker calls this; so does ``close``)."""
         with self._lock:
-            state = (self.done, self.errors, final)
+            state = (self.done, self.errors, self.cancelled, final)
             if state == self._rendered and not final:
                 return
             self._rendered = state
@@ -143,8 +168,10 @@ class ProgressBar:
                 self.bar.max = max(self.total or self.done or 1, 1)
                 self.bar.value = min(self.done, self.bar.max)
                 if final:
-                    self.bar.bar_style = "success" if ok and not self.errors else "danger"
-                self.label.value = line
+                    n = self.numbers(final=True)
+                    style = "danger" if n["errors"] else "warning" if n["cancelled"] else "success"
+                    self.bar.bar_style = style
+                self.label.value = escape(line)  # an HTML widget: "<lambda>" must show
                 return
             now = time.monotonic()
             if self._tty:
@@ -177,6 +204,7 @@ class ProgressBar:
         if self.closed:
             return
         self.closed = True
+        self.ok = ok
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2)

@@ -4,9 +4,9 @@ Pure functions of snapshot dicts: no widgets, no threads. Every cost is labelled
 
 Example::
 
-    >>> from nbserverless.render import money, inline_text
+    >>> from nbserverless.notebook.render import money, inline_text
     >>> money(0.000123)
-    '$0.000123'
+    '$0.00012'
     >>> print(inline_text({"functions": [], "totals": {}}))
     nbserverless: no remote calls in this cell
 """
@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from ..metering import format as fmt
+from ..metering.format import count, money, ms, percent
+
 __all__ = [
+    "count",
+    "percent",
+    "latency",
+    "CELL_CAPTION",
+    "SESSION_CAPTION",
     "money",
     "ms",
     "duration",
@@ -30,40 +38,33 @@ __all__ = [
 ]
 
 ESTIMATE_NOTE = "cost = estimate from the price table (nbs.prices())"
+#: What a cell's figures measure (the caption under its widget).
+CELL_CAPTION = (
+    "this cell: the functions it called, their calls and the cost they accrued while it ran "
+    "(idle keep-alive of other functions not included); all functions since the kernel "
+    "started: %serverless status"
+)
+#: What the dashboard / ``%serverless status`` figures measure.
+SESSION_CAPTION = (
+    "this kernel since it started (or the last reset): every function, idle keep-alive "
+    "included; one cell's share is under that cell"
+)
 _INLINE_FIELDS = (
-    "name", "invocations", "errors", "p50_ms", "p95_ms", "replicas", "peak_replicas",
-    "cost", "in_flight", "queued",
+    "name", "invocations", "errors", "cancellations", "p50_ms", "p95_ms", "exec_p50_ms",
+    "replicas", "peak_replicas", "cost", "in_flight", "queued",
 )  # fmt: skip
 
 
-def money(usd: float | None) -> str:
-    """USD with enough digits to be useful for tiny amounts. ``money(1.5)`` -> ``'$1.50'``."""
-    usd = float(usd or 0.0)
-    if usd == 0:
-        return "$0"
-    if abs(usd) >= 1:
-        return f"${usd:,.2f}"
-    return f"${usd:.3g}" if abs(usd) >= 0.001 else f"${usd:.3g}".replace("e-0", "e-")
-
-
-def ms(value: float | None) -> str:
-    """Milliseconds, short. ``ms(1234.5)`` -> ``'1.23 s'``."""
-    value = float(value or 0.0)
-    if value >= 1000:
-        return f"{value / 1000:.3g} s"
-    return f"{value:.3g} ms" if value else "-"
-
-
 def duration(seconds: float | None) -> str:
-    """``duration(3725)`` -> ``'1h02m'``; ``None`` -> ``'?'``."""
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    """A duration (ETA, elapsed time): ``duration(3725)`` -> ``'1h02m'``; ``None`` -> ``'–'``."""
+    return fmt.seconds(seconds)
+
+
+def latency(snap: dict[str, Any], key: str) -> str:
+    """A latency field of a snapshot row, ``–`` while the row has no finished calls.
+
+    Example: ``latency({"invocations": 0, "p50_ms": 0.0}, "p50_ms")`` -> ``'–'``."""
+    return ms(snap.get(key) if snap.get("invocations") else None)
 
 
 def data_attr(rows: Sequence[dict[str, Any]], keys: Sequence[str] = _INLINE_FIELDS) -> str:
@@ -78,36 +79,56 @@ def _cell(v: str, right: bool = True) -> str:
     return f"<td style='text-align:{align};padding:1px 8px'>{v}</td>"
 
 
-def inline_html(snap: dict[str, Any], live: bool) -> str:
-    """The compact per-cell table: calls, errors, p50/p95, replicas, estimated cost."""
+_INLINE_HEAD = ("function", "calls", "errors", "p50 run", "p50 total", "replicas", "cost (est.)")
+_INLINE_TITLES = {
+    "p50 run": "median time the function ran on its replica",
+    "p50 total": "median time from the call to its result (queueing and start-up included)",
+    "cost (est.)": "what this function accrued while the cell ran: busy and idle replica time",
+}
+
+
+def _calls(r: dict[str, Any]) -> str:
+    text = count(r["invocations"])
+    pending = (r.get("in_flight") or 0) + (r.get("queued") or 0)
+    extra = []
+    if pending:
+        extra.append(f"+{count(pending)} pending")
+    if r.get("cancellations"):
+        extra.append(f"{count(r['cancellations'])} cancelled")
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def inline_rows(snap: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The cells of the inline table, as text (shared by the HTML and text forms)."""
+    return [
+        (str(r["name"]), _calls(r), count(r["errors"]), latency(r, "exec_p50_ms"),
+         latency(r, "p50_ms"),
+         count(r["replicas"]) + (f" (peak {count(r['peak_replicas'])})"
+                                 if r.get("peak_replicas", 0) > r["replicas"] else ""),
+         "≈" + money(r["cost"]))
+        for r in snap.get("functions", [])
+    ]  # fmt: skip
+
+
+def inline_html(snap: dict[str, Any], live: bool, caption: str = CELL_CAPTION) -> str:
+    """The compact per-cell table: calls, errors, p50 run/total, replicas, estimated cost;
+    every name escaped."""
     rows = snap.get("functions", [])
     state = "live" if live else "final"
     head = "".join(
-        f"<th style='text-align:{'left' if h == 'function' else 'right'};padding:1px 8px'>{h}</th>"
-        for h in ("function", "calls", "errors", "p50", "p95", "replicas", "cost (est.)")
+        f"<th style='text-align:{'left' if h == 'function' else 'right'};padding:1px 8px'"
+        f" title='{escape(_INLINE_TITLES.get(h, ''), quote=True)}'>{escape(h)}</th>"
+        for h in _INLINE_HEAD
     )
     body = []
-    for r in rows:
-        calls = f"{r['invocations']:,}"
-        if r.get("in_flight") or r.get("queued"):
-            calls += f" <span style='opacity:.6'>(+{r['in_flight'] + r['queued']:,} pending)</span>"
-        reps = f"{r['replicas']}" + (
-            f" <span style='opacity:.6'>(peak {r['peak_replicas']})</span>"
-            if r.get("peak_replicas", 0) > r["replicas"]
-            else ""
-        )
-        err = f"<span style='color:#c62828'>{r['errors']:,}</span>" if r["errors"] else "0"
-        body.append(
-            f"<tr data-function='{escape(r['name'], quote=True)}'>"
-            + _cell(escape(r["name"]), right=False)
-            + _cell(calls)
-            + _cell(err)
-            + _cell(ms(r["p50_ms"]))
-            + _cell(ms(r["p95_ms"]))
-            + _cell(reps)
-            + _cell("≈" + money(r["cost"]))
-            + "</tr>"
-        )
+    for r, cells in zip(rows, inline_rows(snap), strict=True):
+        tds = [_cell(escape(cells[0]), right=False)]
+        for i, c in enumerate(cells[1:], 1):
+            c = escape(c)
+            if i == 2 and r["errors"]:
+                c = f"<span style='color:#c62828'>{c}</span>"
+            tds.append(_cell(c))
+        body.append(f"<tr data-function='{escape(str(r['name']), quote=True)}'>{''.join(tds)}</tr>")
     total = snap.get("totals", {}).get("cost", 0.0)
     return (
         f"<div class='nbserverless-inline' data-state='{state}' "
@@ -115,7 +136,8 @@ def inline_html(snap: dict[str, Any], live: bool) -> str:
         f"<table style='border-collapse:collapse'><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
         f"<div style='opacity:.65'>nbserverless · {state} · cell total ≈{money(total)} "
-        f"(estimate)</div></div>"
+        f"(estimate)</div>"
+        f"<div class='nbserverless-caption' style='opacity:.65'>{escape(caption)}</div></div>"
     )
 
 
@@ -134,20 +156,13 @@ def table_text(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def inline_text(snap: dict[str, Any]) -> str:
+def inline_text(snap: dict[str, Any], caption: str = CELL_CAPTION) -> str:
     """Readable text form of a cell's numbers (terminal IPython, plain Python, logs)."""
-    rows = snap.get("functions", [])
-    if not rows:
+    if not snap.get("functions"):
         return "nbserverless: no remote calls in this cell"
-    body = [
-        (r["name"], f"{r['invocations']:,}", f"{r['errors']:,}", ms(r["p50_ms"]),
-         ms(r["p95_ms"]), r["replicas"], money(r["cost"]))
-        for r in rows
-    ]  # fmt: skip
-    table = table_text(
-        ("function", "calls", "errors", "p50", "p95", "replicas", "cost (est.)"), body
-    )
-    return f"{table}\n({ESTIMATE_NOTE})"
+    table = table_text(_INLINE_HEAD, inline_rows(snap))
+    total = snap.get("totals", {}).get("cost", 0.0)
+    return f"{table}\ncell total ≈{money(total)} ({ESTIMATE_NOTE})\n{caption}"
 
 
 def sparkline_svg(
@@ -169,3 +184,64 @@ def sparkline_svg(
         f"role='img' aria-label='{escape(label, quote=True)}'>"
         f"<polyline points='{pts}' fill='none' stroke='#1976d2' stroke-width='1.5'/></svg>"
     )
+
+
+class PriceView:
+    """``%serverless prices``: the price table per second and per hour, citing its source
+    and date. Attributes read through to the table (``view.cpu``, ``view.gpu_price("L4")``).
+
+    Example: ``PriceView(pricing.current())`` shows ``cpu (1 core)  $0.0000131  $0.047``."""
+
+    HEAD = ("resource", "per second", "per hour")
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """``(resource, per second, per hour, set-by-you mark)`` rows."""
+        t = self.table
+
+        def mark(key: str) -> str:
+            return "set by you" if key in t.custom else ""
+
+        def price(v: float) -> str:
+            return "$" + fmt.sig(v, 3)
+
+        rows = [
+            ("cpu (1 core)", price(t.cpu), money(t.cpu * 3600), mark("cpu")),
+            ("memory (1 GiB)", price(t.memory), money(t.memory * 3600), mark("memory")),
+        ]
+        rows += [(f"gpu {k}", price(v), money(v * 3600), mark("gpu")) for k, v in t.gpu.items()]
+        rows.append(("gpu (other types)", price(t.gpu_default), money(t.gpu_default * 3600),
+                     mark("gpu")))  # fmt: skip
+        rows.append(("request (per call)", price(t.request), "", mark("request")))
+        return rows
+
+    def source_line(self) -> str:
+        t = self.table
+        return (
+            f"prices: {t.source}, as of {t.as_of or '–'}; USD, for cost estimates "
+            f"(memory=None bills {t.default_memory_gib:g} GiB per replica)"
+        )
+
+    def __repr__(self) -> str:
+        body = table_text((*self.HEAD, ""), self.rows())
+        return f"{self.source_line()}\n{body}"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:right;padding:1px 8px'>{h}</th>" for h in self.HEAD)
+        body = "".join(
+            "<tr>" + _cell(escape(r[0]), right=False)
+            + "".join(_cell(escape(c)) for c in r[1:3])
+            + _cell(f"<small>{escape(r[3])}</small>", right=False) + "</tr>"
+            for r in self.rows()
+        )  # fmt: skip
+        return (
+            "<div class='nbserverless-prices' style='font-size:12px'>"
+            f"<div>{escape(self.source_line())}</div>"
+            f"<table style='border-collapse:collapse'><thead><tr>{head}<th></th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>"
+        )

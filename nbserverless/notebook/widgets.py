@@ -28,6 +28,8 @@ import weakref
 from collections import deque
 from typing import Any
 
+from ..metering import budget as _budget_mod
+from ..metering import format as fmt
 from ..metering.meter import METER, FunctionMeter, Scope
 from . import render
 
@@ -62,6 +64,11 @@ def _inline_enabled() -> bool:
     return bool(settings.get("inline"))
 
 
+def _budget_line() -> str:
+    """The 80 % budget warning shared by the widget and the dashboard ('' below 80 %)."""
+    return _budget_mod.warning()
+
+
 def _display(obj: Any, **kw: Any) -> Any:
     from IPython.display import display
 
@@ -85,7 +92,7 @@ class InlineView:
         if rich:
             import ipywidgets
 
-            self.widget = ipywidgets.HTML(value=render.inline_html(scope.snapshot(), live=True))
+            self.widget = ipywidgets.HTML(value=self._html(scope.snapshot(), live=True))
             self.widget.add_class("nbserverless-inline")
 
     def show(self) -> None:
@@ -99,7 +106,7 @@ class InlineView:
             if not self.live or self.widget is None or METER.version == self._version:
                 return False
             self._version = METER.version
-            html = render.inline_html(self.scope.snapshot(), live=True)
+            html = self._html(self.scope.snapshot(), live=True)
             if html == self.widget.value:
                 return False
             self.widget.value = html
@@ -113,31 +120,51 @@ class InlineView:
                 self.live = False
                 self.final = self.scope.close()
                 if self.widget is not None:
-                    self.widget.value = render.inline_html(self.final, live=False)
+                    self.widget.value = self._html(self.final, live=False)
                     if self._handle is not None:
                         try:
                             self._handle.update(self)  # static viewers get the final numbers
                         except Exception:
                             log.debug("inline display update failed", exc_info=True)
                 else:
-                    print(render.inline_text(self.final))
+                    print(self._text(self.final))
         return self.final  # type: ignore[return-value]
+
+    @staticmethod
+    def _html(snap: dict[str, Any], live: bool) -> str:
+        html = render.inline_html(snap, live=live)
+        warn = _budget_line()
+        if warn:
+            from html import escape
+
+            html = html.replace(
+                "<div class='nbserverless-caption'",
+                "<div class='nbserverless-budget' role='alert' style='color:#e65100'>"
+                f"⚠ {escape(warn)}</div><div class='nbserverless-caption'",
+                1,
+            )
+        return html
+
+    @staticmethod
+    def _text(snap: dict[str, Any]) -> str:
+        warn = _budget_line()
+        return render.inline_text(snap) + (f"\n⚠ {warn}" if warn else "")
 
     def _snap(self) -> dict[str, Any]:
         return self.final if self.final is not None else self.scope.snapshot()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         data = {
-            "text/plain": render.inline_text(self._snap()),
-            "text/html": render.inline_html(self._snap(), live=self.live),
+            "text/plain": self._text(self._snap()),
+            "text/html": self._html(self._snap(), live=self.live),
         }
         if self.widget is not None:
             data.update(self.widget._repr_mimebundle_() or {})
-            data["text/plain"] = render.inline_text(self._snap())
+            data["text/plain"] = self._text(self._snap())
         return data
 
     def __repr__(self) -> str:
-        return render.inline_text(self._snap())
+        return self._text(self._snap())
 
 
 class _Inline:
@@ -311,34 +338,44 @@ class Dashboard:
         self._stop.set()
 
     def _rows(self) -> list[tuple]:
+        c, lat = render.count, render.latency
         return [
-            (f["name"], f["kind"], f"{f['invocations']:,}", f"{f['errors']:,}",
-             f"{f['in_flight'] + f['queued']:,}", f"{f['replicas']} / {f['peak_replicas']}",
-             render.ms(f["p50_ms"]), render.ms(f["p95_ms"]), render.ms(f["p99_ms"]),
+            (f["name"], f["kind"], c(f["invocations"]), c(f["errors"]), c(f["cancellations"]),
+             c(f["in_flight"] + f["queued"]), f"{c(f['replicas'])} / {c(f['peak_replicas'])}",
+             lat(f, "exec_p50_ms"), lat(f, "p50_ms"), lat(f, "p95_ms"), lat(f, "p99_ms"),
              render.money(f["cost"]), render.money(f["always_on_cost"]),
-             f"{f['saving'] * 100:.0f}%")
+             render.percent(f["saving"] if f["always_on_cost"] else None))
             for f in self.snapshot.get("functions", [])
         ]  # fmt: skip
 
-    _HEAD = ("function", "kind", "calls", "errors", "pending", "replicas now/peak", "p50", "p95",
-             "p99", "cost (est.)", "always-on (est.)", "saving")  # fmt: skip
+    _HEAD = ("function", "kind", "calls", "errors", "cancelled", "pending", "replicas now/peak",
+             "p50 run", "p50 total", "p95 total", "p99 total", "cost (est.)",
+             "always-on (est.)", "saving")  # fmt: skip
 
     def _summary(self) -> str:
         c, t = self.cluster, self.snapshot.get("totals", {})
         return (
             f"cluster {c['address']}: {c['nodes']} node(s), CPUs {c['cpus_used']:g}/{c['cpus']:g}, "
             f"GPUs {c['gpus_used']:g}/{c['gpus']:g} in use; replicas {t.get('replicas', 0)} "
-            f"(+{t.get('platform_replicas', 0)} prewarmed) · calls {t.get('invocations', 0):,} · "
-            f"cost ≈{render.money(t.get('cost'))} + platform ≈"
-            f"{render.money(t.get('platform_cost'))} (estimates)"
+            f"(+{t.get('platform_replicas', 0)} prewarmed) · calls "
+            f"{render.count(t.get('invocations', 0))} · cost ≈{render.money(t.get('cost'))} + "
+            f"platform ≈{render.money(t.get('platform_cost'))} (estimates)"
         )
+
+    def _budget(self) -> str:
+        return _budget_line()
 
     def text(self) -> str:
         """The plain-text dashboard."""
         with self._lock:
             rows, summary = self._rows(), self._summary()
         table = render.table_text(self._HEAD, rows) if rows else "(no functions yet)"
-        return f"nbserverless dashboard\n{summary}\n{table}\n({render.ESTIMATE_NOTE})"
+        budget = self._budget()
+        return (
+            f"nbserverless dashboard\n{summary}\n"
+            + (f"⚠ {budget}\n" if budget else "")
+            + f"{table}\n({render.ESTIMATE_NOTE})\n{render.SESSION_CAPTION}"
+        )
 
     def html(self) -> str:
         """The HTML dashboard (also the widget's value)."""
@@ -358,19 +395,28 @@ class Dashboard:
         )
         plots = "".join(
             f"<div style='display:inline-block;margin-right:16px'><small>{label}: "
-            f"{fmt(vals[-1] if vals else 0)}</small><br>{render.sparkline_svg(vals, label=label)}</div>"
-            for label, vals, fmt in (
+            f"{show(vals[-1] if vals else 0)}</small><br>{render.sparkline_svg(vals, label=label)}</div>"
+            for label, vals, show in (
                 ("replicas", [h[1] for h in hist], lambda v: f"{v:g}"),
                 ("mean latency", [h[2] for h in hist], render.ms),
-                ("calls/s", [h[3] for h in hist], lambda v: f"{v:.3g}"),
+                ("calls/s", [h[3] for h in hist], lambda v: fmt.sig(v, 3)),
             )
+        )
+        budget = self._budget()
+        warn = (
+            f"<div class='nbserverless-budget' role='alert' style='background:#fff3e0;"
+            f"border-left:3px solid #ef6c00;padding:2px 6px'>⚠ {escape(budget)}</div>"
+            if budget
+            else ""
         )
         return (
             "<div class='nbserverless-dashboard' style='font-size:12px'>"
-            f"<b>nbserverless</b> · {escape(summary)}<div>{plots}</div>"
+            f"<b>nbserverless</b> · {escape(summary)}{warn}<div>{plots}</div>"
             f"<table style='border-collapse:collapse'><thead><tr>{th}</tr></thead>"
             f"<tbody>{body}</tbody></table>"
-            f"<div style='opacity:.65'>{escape(render.ESTIMATE_NOTE)}</div></div>"
+            f"<div style='opacity:.65'>{escape(render.ESTIMATE_NOTE)}</div>"
+            f"<div class='nbserverless-caption' style='opacity:.65'>"
+            f"{escape(render.SESSION_CAPTION)}</div></div>"
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 """The executor of ``%%serverless`` cells on a replica: runs the body in a fresh namespace made
-of the shipped names, returns the assigned names and the last expression's value.
+of the shipped names, returns the assigned names, the shipped names the cell changed in place,
+the display calls it made, and the last expression's value.
+
+The body arrives transformed by the kernel's IPython (``%time`` is a ``get_ipython()`` call);
+when it needs IPython (magics, ``display``), the replica runs a quiet IPython shell of its own
+whose namespace is the cell's and whose display publisher records every display for the
+kernel to replay in the cell.
 
 Example: ``run_cell({"source": "y = x + 1", "filename": "<cell 3>", "lines": [...],
 "inputs": {"x": pickle.dumps(1)}, "outputs": ["y"]})``.
@@ -10,12 +16,66 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
+import hashlib
 import linecache
+import sys
+import types
 from typing import Any
 
 from . import codec
 
 LAST_VALUE = "<the cell's value>"
+_SHELL: Any = None  # this replica's IPython shell, made at the first cell that needs one
+
+
+def _needs_ipython(source: str) -> bool:
+    return "get_ipython" in source or "display" in source or "IPython" in sys.modules
+
+
+def _ipython(ns: dict[str, Any]) -> Any:
+    """This replica's IPython shell, pointed at ``ns``, its display calls recorded."""
+    global _SHELL
+    if _SHELL is None:
+        from IPython.core.displaypub import DisplayPublisher
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+
+        class Recorder(DisplayPublisher):
+            """Keeps ``display(...)`` calls: ``("display", data, metadata, transient,
+            update)`` and ``("clear", wait)``, in order."""
+
+            items: list = []
+
+            def publish(self, data, metadata=None, source=None, *, transient=None,
+                        update=False, **kw):  # fmt: skip
+                self.items.append(("display", data, metadata or {}, transient, update))
+
+            def clear_output(self, wait: bool = False) -> None:
+                self.items.append(("clear", wait))
+
+        config = Config()
+        config.HistoryManager.enabled = False
+        shell = InteractiveShell.instance(config=config)
+        shell.display_pub = Recorder(shell=shell)
+        shell.system = shell.system_piped  # `!cmd` output goes to sys.stdout: the cell
+        _SHELL = shell
+    from IPython.core.interactiveshell import DummyMod
+
+    module = DummyMod()
+    module.__dict__ = ns
+    _SHELL.user_module, _SHELL.user_ns = module, ns
+    _SHELL.display_pub.items = []
+    ns["get_ipython"] = lambda: _SHELL
+    return _SHELL
+
+
+def _plain_data(value: Any) -> bool:
+    """Values whose in-place changes the cell reports (not modules, functions, classes)."""
+    return not (isinstance(value, types.ModuleType) or callable(value))
+
+
+def _digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
 
 
 def compile_body(source: str, filename: str) -> tuple[Any, Any | None, bool]:
@@ -57,7 +117,10 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     ``lines`` (the whole cell, for tracebacks), ``sources`` (``{filename: lines}`` of shipped
     notebook code), ``inputs`` (``{name: pickle}``), ``outputs`` (names to bring back),
     ``exact`` (``--out`` given: report listed names that are missing), ``want_value``.
-    Returns ``{"outputs": {name: pickle}, "value": pickle | None, "failed": {name: why}}``.
+    Returns ``{"outputs": {name: pickle}, "mutated": {name: pickle}, "displays": [...],
+    "value": pickle | None, "failed": {name: why}}``: ``mutated`` are shipped names the cell
+    changed in place (``data.append(4)``) and did not assign; ``displays`` the recorded
+    ``display(...)`` calls.
     """
     filename = job["filename"]
     for fn, lines in {**job.get("sources", {}), filename: job["lines"]}.items():
@@ -71,11 +134,35 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
                 f"the notebook value {name!r} could not be rebuilt on the replica: {exc}"
             ) from None
     body, last, is_async = compile_body(job["source"], filename)
+    shell = _ipython(ns) if _needs_ipython(job["source"]) else None
+    assigned = set(job["outputs"])
+    watched: dict[str, bytes] = {}
+    for name in job["inputs"]:
+        if name not in assigned and _plain_data(ns[name]):
+            try:
+                watched[name] = _digest(codec.dumps(ns[name]))
+            except Exception:
+                pass
+    known = set(ns)
     _run(body, ns, is_async, "exec")
     value = _run(last, ns, is_async, "eval") if last is not None else None
+    names = list(job["outputs"])
+    if job.get("magics") and not job.get("exact"):  # `%time t = f()`: bound by a magic
+        names += [n for n in ns if n not in known and n not in assigned and not n.startswith("_")]
     outputs: dict[str, bytes] = {}
     failed: dict[str, str] = {}
-    for name in job["outputs"]:
+    mutated: dict[str, bytes] = {}
+    for name, before in watched.items():
+        if name not in ns:
+            continue
+        try:
+            blob = codec.dumps(ns[name])
+        except Exception as exc:
+            failed[name] = f"changed on the replica, {type(exc).__name__}: {exc}"
+            continue
+        if _digest(blob) != before:
+            mutated[name] = blob
+    for name in names:
         if name not in ns:
             if job.get("exact"):
                 failed[name] = "the cell did not define it"
@@ -90,4 +177,8 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             blob = codec.dumps(value)
         except Exception as exc:
             failed[LAST_VALUE] = f"{type(exc).__name__}: {exc}"
-    return {"outputs": outputs, "value": blob, "failed": failed}
+    displays = list(shell.display_pub.items) if shell is not None else []
+    if shell is not None:
+        shell.display_pub.items = []
+    return {"outputs": outputs, "mutated": mutated, "displays": displays, "value": blob,
+            "failed": failed}  # fmt: skip
