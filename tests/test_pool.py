@@ -439,3 +439,27 @@ def test_no_ray_call_that_creates_or_removes_runs_under_a_pool_lock(ray_cluster,
                timeout=60, what="keep-alive removals")  # fmt: skip
     wait_until(lambda: {n for n, _ in seen} >= {"pg", "actor", "kill", "rm_pg"}, what="calls")
     assert not [name for name, under_lock in seen if under_lock]
+
+
+def test_keep_alive_auto_learns_from_the_functions_idle_gaps(ray_cluster):
+    """keep_alive="auto": the fixed fallback while learning, then a keep-alive learned from
+    the idle gaps (core/keepalive.py), shown in stats() and applied by the pool."""
+
+    @nbs.remote(cpus=0.25, keep_alive="auto")
+    def tick(x):
+        return x
+
+    assert tick.stats()["keep_alive"] is None or "learning" in tick.stats()["keep_alive"]
+    for i in range(12):  # the arrivals: one call every ~1.1 s (gaps above the 1 s floor)
+        assert tick(i) == i
+        time.sleep(1.1)
+    label = wait_until(
+        lambda: (
+            (tick.stats()["keep_alive"] or "").endswith("(learned)") and tick.stats()["keep_alive"]
+        ),
+        timeout=10,
+        what="a learned keep-alive",
+    )
+    assert label.startswith("keep-alive")
+    with pytest.raises(ValueError, match="keep_alive"):
+        nbs.remote(keep_alive="sometimes")(lambda x: x)
