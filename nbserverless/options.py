@@ -239,7 +239,7 @@ class Options:
             fallback = settings.get("keep_alive")
             v["keep_alive"] = fallback if isinstance(fallback, (int, float)) else 60.0
         v["keep_alive"] = _number(
-            "keep_alive", v["keep_alive"], minimum=0, maximum=MAX_SECONDS, example="60"
+            "keep_alive", v["keep_alive"], minimum=0, maximum=MAX_SECONDS, example='60 (or "auto")'
         )
         if v["timeout"] is not None:
             v["timeout"] = _number(
