@@ -87,6 +87,10 @@ def _init(
         kwargs.pop("include_dashboard")
     _quiet_raylet_messages()
     ray.init(**kwargs)
+    if address is None:  # our own cluster: nothing of it may outlive this kernel
+        from ..worker import watchdog
+
+        watchdog.start_reaper(ray._private.worker._global_node.get_session_dir_path())
     # Ray's own loggers stay out of the notebook.
     for name in ("ray", "ray._private", "ray.runtime_env"):
         logging.getLogger(name).setLevel(logging.ERROR)
