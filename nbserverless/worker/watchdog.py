@@ -123,7 +123,8 @@ def _session_processes(owner: int, session_dir: str, known: dict[int, int]) -> N
     for name in os.listdir("/proc"):
         if name.isdigit() and (st := _stat(int(name))):
             children.setdefault(st[0], []).append(int(name))
-    roots = [p for p in children.get(owner, []) if session_dir in _cmdline(p)]
+    me = os.getpid()  # the reaper names the session too
+    roots = [p for p in children.get(owner, []) if p != me and session_dir in _cmdline(p)]
     todo = roots + [p for p in known if _alive(p, known[p])]
     while todo:
         pid = todo.pop()
