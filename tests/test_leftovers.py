@@ -5,8 +5,10 @@ gone within 10 s."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 import pytest
@@ -60,14 +62,15 @@ def alive(procs: dict[int, int]) -> dict[int, str]:
     return out
 
 
-def test_sigkill_of_a_kernel_leaves_no_process(tmp_path):
+def test_sigkill_of_a_kernel_leaves_no_process():
     from jupyter_client.manager import start_new_kernel
 
     env = dict(os.environ)
     for var in ("NBSERVERLESS_ADDRESS", "RAY_ADDRESS"):
         env.pop(var, None)  # the default: the kernel starts its own embedded cluster
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    env["NBSERVERLESS_TEMP_DIR"] = str(tmp_path)
+    temp_dir = tempfile.mkdtemp(prefix="nbs-left-", dir="/tmp")  # Ray's socket paths are short
+    env["NBSERVERLESS_TEMP_DIR"] = temp_dir
     km, kc = start_new_kernel(kernel_name="python3", startup_timeout=120, env=env)
     try:
         code = (
@@ -111,6 +114,7 @@ def test_sigkill_of_a_kernel_leaves_no_process(tmp_path):
     finally:
         kc.stop_channels()
         km.cleanup_resources() if not km.is_alive() else km.shutdown_kernel(now=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

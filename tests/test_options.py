@@ -98,3 +98,33 @@ def test_defaults_come_from_config():
 def test_runtime_env():
     o = Options.resolve(env={"A": "1"}, pip=["six"])
     assert o.runtime_env() == {"env_vars": {"A": "1"}, "pip": ["six"]}
+
+
+@pytest.mark.parametrize(
+    "magic, line, message",
+    [
+        ("cell", '--cpus "1', "No closing quotation"),
+        ("cell", "--cpus 1e-9", "cpus=1e-09: Ray reserves CPUs in steps of 0.0001"),
+        ("cell", "--cpus -1", "cpus=-1.0: must be at least 0"),
+        ("cell", "--memory 1ZB", "memory='1ZB': not a size"),
+        ("cell", "--bogus 1", "unrecognized arguments: --bogus 1"),
+        ("line", "config pip=5", "pip=5: must be a list of requirement strings"),
+        ("line", "config cpus=0.00001", "cpus=1e-05: Ray reserves CPUs"),
+        ("line", "config 'keep_alive=1", "No closing quotation"),
+    ],
+)
+def test_magic_option_strings_fail_with_one_usage_line(magic, line, message):
+    """At parse time, before any pool or cluster: a UsageError (IPython shows its one line)."""
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    from nbserverless.notebook.magics import ServerlessMagics
+
+    magics = ServerlessMagics(shell=get_ipython())
+    with pytest.raises(UsageError, match=message) as info:
+        if magic == "cell":
+            magics.serverless_cell(line, "x = 1\n")
+        else:
+            magics.serverless_line(line)
+    assert "\n" not in str(info.value)
+    assert nbs.config.get("cpus") == 1.0 and nbs.config.get("pip") is None  # nothing kept

@@ -1,6 +1,10 @@
 """Nothing leaves the kernel unasked (SECURITY.md): environment variables reach replicas only
 through ``env=``, a function read from a notebook ships its own lines and not its cell's, the
 output socket listens on the loopback of the embedded cluster and reads nothing before the token.
+
+On main before the handles and core reworks land, the first two fail: the cell's whole source
+reaches the replica's linecache (H2's fix), and the kernel's variable reached a function through
+a warm process (H1's fix; seen in one run of two, it races with the warm imports).
 """
 
 from __future__ import annotations

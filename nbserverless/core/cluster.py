@@ -87,6 +87,10 @@ def _init(
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         startup.start_embedded(kwargs)
+        # our own cluster: nothing of it may outlive this kernel
+        from ..worker import watchdog
+
+        watchdog.start_reaper(ray._private.worker._global_node.get_session_dir_path())
     else:
         kwargs["address"] = address
         kwargs.pop("include_dashboard")
