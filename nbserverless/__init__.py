@@ -114,6 +114,11 @@ class _Config:
             from .metering import budget
 
             settings["budget"] = budget.validate(settings["budget"])
+        from .options import Options
+
+        given = {k: v for k, v in settings.items() if k in Options.__dataclass_fields__}
+        if given:  # a bad default fails here, naming it, not at the next decoration
+            Options.resolve(**given)
         return _settings.update(**settings)
 
     get = staticmethod(_settings.get)

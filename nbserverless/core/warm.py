@@ -49,7 +49,7 @@ def kernel_imports() -> list[str]:
     """Top-level third-party package names this process has imported (for warm imports)."""
     stdlib = getattr(sys, "stdlib_module_names", frozenset())
     names = []
-    for name, module in list(sys.modules.items()):
+    for name, module in sys.modules.copy().items():  # copy(): atomic while others import
         if "." in name or name.startswith("_") or name in stdlib or name in KERNEL_ONLY:
             continue
         path = getattr(module, "__file__", None) or ""
