@@ -14,6 +14,9 @@ from nbserverless.metering.meter import METER
 
 @pytest.fixture
 def unit_prices():
+    for fm in METER.functions():  # replicas left by other tests would keep accruing
+        for rid in list(fm._live):
+            fm.replica_stopped(rid)
     METER.reset()
     pricing.set_prices(cpu=1.0, memory=0.0, gpu=0.0, request=0.0)
     yield

@@ -352,11 +352,11 @@ def test_kernel_names_changed_in_place_come_back_keeping_identity(kernel_nb):
 
 def test_update_in_place_keeps_identity_or_refuses():
     a, d, s = [1], {"x": 1}, {1}
-    assert magics.update_in_place(a, [1, 2]) and a == [1, 2]
-    assert magics.update_in_place(d, {"y": 2}) and d == {"y": 2}
-    assert magics.update_in_place(s, {3}) and s == {3}
-    assert not magics.update_in_place((1,), (1, 2))  # immutable: rebound instead
-    assert not magics.update_in_place([1], (1,))  # another type
+    assert capture.update_in_place(a, [1, 2]) and a == [1, 2]
+    assert capture.update_in_place(d, {"y": 2}) and d == {"y": 2}
+    assert capture.update_in_place(s, {3}) and s == {3}
+    assert not capture.update_in_place((1,), (1, 2))  # immutable: rebound instead
+    assert not capture.update_in_place([1], (1,))  # another type
 
 
 def test_quickstart_notebook_is_committed_without_outputs():

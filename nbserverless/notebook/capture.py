@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import pickle
 import re
 import symtable
 import tokenize
@@ -196,6 +197,85 @@ def analyze(source: str, filename: str = "<cell>") -> CellNames:
 
 
 # ---- kernel side ----------------------------------------------------------------------------
+
+NOT_LISTED = "changed in place on the replica; --out does not list it"
+
+
+def transform_body(shell: Any, body: str) -> str:
+    """The body as Python, transformed as IPython transforms a cell; ``body`` itself (the
+    same object) when it has no IPython syntax. Leading blank lines are kept so that line
+    numbers match the cell."""
+    transform = getattr(shell, "transform_cell", None)
+    if transform is None:
+        return body
+    code = transform(body)
+    if code.strip() == body.strip():
+        return body
+    lead = body[: len(body) - len(body.lstrip())].count("\n")
+    return "\n" * lead + code.lstrip("\n")
+
+
+def update_in_place(old: Any, new: Any) -> bool:
+    """Make ``old`` equal to ``new`` keeping its identity (lists, dicts, sets, bytearrays,
+    numpy-like arrays of the same shape, instances of notebook classes); False if it cannot.
+
+    Example: ``a = [1]; update_in_place(a, [1, 2])`` -> ``True`` and ``a == [1, 2]``."""
+    if type(old) is not type(new):
+        return False
+    try:
+        if isinstance(old, list | bytearray):
+            old[:] = new
+        elif isinstance(old, dict | set):
+            old.clear()
+            old.update(new)
+        elif hasattr(old, "shape") and hasattr(old, "dtype") and hasattr(old, "__setitem__"):
+            if old.shape != new.shape or old.dtype != new.dtype:
+                return False
+            old[...] = new
+        elif type(old).__module__ == "__main__" and hasattr(old, "__dict__"):
+            vars(old).clear()
+            vars(old).update(vars(new))
+        else:
+            return False
+    except Exception:
+        return False
+    return True
+
+
+def bring_back_mutated(
+    shell: Any, mutated: dict[str, bytes], exact: bool, back: dict, failed: dict
+) -> list[str]:
+    """Shipped names the cell changed in place: updated in place in the notebook (identity
+    kept), else rebound (returned, for the note), or reported when ``--out`` leaves them."""
+    replaced = []
+    for name, blob in mutated.items():
+        if exact:
+            failed[name] = NOT_LISTED
+            continue
+        try:
+            new = pickle.loads(blob)
+        except Exception as exc:
+            failed[name] = f"changed, {type(exc).__name__}: {exc} (in this kernel)"
+            continue
+        if not update_in_place(shell.user_ns.get(name), new):
+            back[name] = new
+            replaced.append(name)
+    return replaced
+
+
+def replay_displays(items: list[tuple]) -> None:
+    """``display(...)`` calls the cell made on the replica, shown here in their order."""
+    if not items:
+        return
+    from IPython.display import clear_output, publish_display_data
+
+    for item in items:
+        if item[0] == "clear":
+            clear_output(wait=item[1])
+        else:
+            _, data, metadata, transient, update = item
+            kw = {"transient": transient} if transient else {}
+            publish_display_data(data, metadata, update=update, **kw)
 
 
 def cell_identity(shell: Any, body: str) -> str:

@@ -53,7 +53,6 @@ REPLACED = (
     "nbserverless: changed in place on the replica and brought back as new objects (other "
     "references to the old objects keep the old value): {names}"
 )
-NOT_LISTED = "changed in place on the replica; --out does not list it"
 REASON_MAX = 160
 _SWITCHES = {"inline": bool, "progress": bool, "prewarm": int, "warm_imports": bool}
 _EXECUTOR = dumps_code(capture.run_cell, "run_cell")  # importable: ships by reference
@@ -217,20 +216,6 @@ def _cell_number(shell: Any) -> int:
     return shell.execution_count
 
 
-def _transform(shell: Any, body: str) -> str:
-    """The body as Python, transformed as IPython transforms a cell; ``body`` itself (the
-    same object) when it has no IPython syntax. Leading blank lines are kept so that line
-    numbers match the cell."""
-    transform = getattr(shell, "transform_cell", None)
-    if transform is None:
-        return body
-    code = transform(body)
-    if code.strip() == body.strip():
-        return body
-    lead = body[: len(body) - len(body.lstrip())].count("\n")
-    return "\n" * lead + code.lstrip("\n")
-
-
 def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     """Run ``body`` on a replica with the parsed options; bring back what it assigns and
     return its last value (displayed as the cell's result).
@@ -242,7 +227,7 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
     n = _cell_number(shell)
     filename = f"<cell {n}>"
     # IPython syntax (%time, !ls, x?) becomes Python as in any cell: one line for one line
-    code = _transform(shell, body)
+    code = capture.transform_body(shell, body)
     source = "\n" + code  # line 1 of the cell is the magic line
     try:
         names = capture.analyze(source, filename)
@@ -278,11 +263,13 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
             back[name] = pickle.loads(blob)
         except Exception as exc:
             failed[name] = NOT_BACK_LOCAL.format(why=f"{type(exc).__name__}: {exc}")
-    replaced = _bring_back_mutated(shell, result.get("mutated", {}), out is not None, back, failed)
+    replaced = capture.bring_back_mutated(
+        shell, result.get("mutated", {}), out is not None, back, failed
+    )
     shell.push(back, interactive=True)
     if replaced:
         print(REPLACED.format(names=", ".join(replaced)), file=sys.stderr)
-    _replay_displays(result.get("displays", []))
+    capture.replay_displays(result.get("displays", []))
     if failed:
         items = "; ".join(f"{k} ({_short(v)})" for k, v in failed.items())
         print(NOT_BACK.format(items=items), file=sys.stderr)
@@ -293,69 +280,6 @@ def execute_cell(shell: Any, args: Any, line: str, body: str) -> Any:
             why = NOT_BACK_LOCAL.format(why=f"{type(exc).__name__}: {exc}")
             print(NOT_BACK.format(items=f"{capture.LAST_VALUE} ({_short(why)})"), file=sys.stderr)
     return None
-
-
-def update_in_place(old: Any, new: Any) -> bool:
-    """Make ``old`` equal to ``new`` keeping its identity (lists, dicts, sets, bytearrays,
-    numpy-like arrays of the same shape, instances of notebook classes); False if it cannot.
-
-    Example: ``a = [1]; update_in_place(a, [1, 2])`` -> ``True`` and ``a == [1, 2]``."""
-    if type(old) is not type(new):
-        return False
-    try:
-        if isinstance(old, list | bytearray):
-            old[:] = new
-        elif isinstance(old, dict | set):
-            old.clear()
-            old.update(new)
-        elif hasattr(old, "shape") and hasattr(old, "dtype") and hasattr(old, "__setitem__"):
-            if old.shape != new.shape or old.dtype != new.dtype:
-                return False
-            old[...] = new
-        elif type(old).__module__ == "__main__" and hasattr(old, "__dict__"):
-            vars(old).clear()
-            vars(old).update(vars(new))
-        else:
-            return False
-    except Exception:
-        return False
-    return True
-
-
-def _bring_back_mutated(
-    shell: Any, mutated: dict[str, bytes], exact: bool, back: dict, failed: dict
-) -> list[str]:
-    """Shipped names the cell changed in place: updated in place in the notebook (identity
-    kept), else rebound (returned, for the note), or reported when ``--out`` leaves them."""
-    replaced = []
-    for name, blob in mutated.items():
-        if exact:
-            failed[name] = NOT_LISTED
-            continue
-        try:
-            new = pickle.loads(blob)
-        except Exception as exc:
-            failed[name] = NOT_BACK_LOCAL.format(why=f"changed, {type(exc).__name__}: {exc}")
-            continue
-        if not update_in_place(shell.user_ns.get(name), new):
-            back[name] = new
-            replaced.append(name)
-    return replaced
-
-
-def _replay_displays(items: list[tuple]) -> None:
-    """``display(...)`` calls the cell made on the replica, shown here in their order."""
-    if not items:
-        return
-    from IPython.display import clear_output, publish_display_data
-
-    for item in items:
-        if item[0] == "clear":
-            clear_output(wait=item[1])
-        else:
-            _, data, metadata, transient, update = item
-            kw = {"transient": transient} if transient else {}
-            publish_display_data(data, metadata, update=update, **kw)
 
 
 # ---- %serverless ----------------------------------------------------------------------------
