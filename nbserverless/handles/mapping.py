@@ -28,6 +28,7 @@ from typing import Any
 from .. import settings
 from ..core.output import Sink
 from ..core.pool import Job, Pool
+from ..metering import budget
 from .buckets import Window, buckets
 
 #: ``progress_factory(total, name, meter, enabled)`` -> an object with ``update(done, errors)``
@@ -232,8 +233,9 @@ class MapRun:
                 self._cond.notify_all()
             for k, job in enumerate(jobs):
                 try:
+                    budget.check()  # a map started before the budget was spent stops there
                     self.pool.submit(job)
-                except BaseException as exc:  # e.g. the session was shut down
+                except BaseException as exc:  # the session was shut down, the budget spent
                     self._submit_failed(jobs[k:], exc)
                     return
             if self._exhausted:
