@@ -248,10 +248,10 @@ def run_trace(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, 
         for metric, unit, key in [
             ("p50", "ms", "p50_ms"), ("p99", "ms", "p99_ms"), ("cold p99", "ms", "cold_p99_ms"),
             ("cold starts", "", "cold_starts"), ("peak replicas", "", "peak_replicas"),
-            ("cost", "USD", "cost"), ("idle cost", "USD", "idle_cost"),
+            ("cost", "µUSD", "cost"), ("idle cost", "µUSD", "idle_cost"),
             ("saving vs peak", "", "saving_vs_peak"),
         ]:  # fmt: skip
-            v = rep[key]
+            v = rep[key] * (1e6 if unit == "µUSD" and rep[key] is not None else 1)
             ctx.row(SC, f"{trace}: {side}", metric, unit, samples=[] if v is None else [v],
                     n=len(arrivals), ok=ok, note=why)  # fmt: skip
         ctx.note(SC, f"{trace} {args.speedup:g}x: " + _line(rep))
