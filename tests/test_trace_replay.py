@@ -91,15 +91,9 @@ def test_replay_against_the_cluster_loses_nothing_and_reports_every_field(ray_cl
     assert rep["keep_alive"].startswith("keep-alive")
 
 
-def test_learned_keep_alive_replay_loses_nothing_or_says_why_not(ray_cluster):
+def test_learned_keep_alive_replay_loses_nothing(ray_cluster):
     arr = arrivals("conv", 200, 50.0)  # near-Poisson, about 1.2 s
-    try:
-        rep = tr.run_nbs(
-            "conv", arr, "nbs learned", speedup=50.0, ms_per_token=0.05, keep_alive="auto"
-        )
-    except Skip as e:
-        assert "keep_alive" in str(e)  # rejected until the pool takes "auto"
-        pytest.skip(str(e))
+    rep = tr.run_nbs("conv", arr, "nbs learned", speedup=50.0, ms_per_token=0.05, keep_alive="auto")
     check_report(rep, len(arr))
 
 
