@@ -112,8 +112,9 @@ class MapRun:
         self._done_queue: deque[tuple] = deque()  # unordered: (indices, values, errors)
         self._completed = 0
         self._errors = 0
-        # a warm pool knows its item time already: no ramp from one-item chunks
-        self._item_s: float | None = getattr(pool, "item_s", None)
+        # measured per map (one-item chunks first): an input that blocks until its first
+        # results were consumed gets them, whatever the pool measured before
+        self._item_s: float | None = None
         self._closed = False
         self._running = 0  # the pool's running replicas, read by the feeder outside our lock
         if progress is None:
@@ -180,13 +181,14 @@ class MapRun:
         chunk: list[Any] = []
         deadline = time.perf_counter() + TARGET_CHUNK_S
         try:
-            for item in itertools.islice(self._items, size):
-                chunk.append(item)
-                if not len(chunk) & 255:
-                    if self._closed:  # cancelled while reading: pull no more
-                        break
-                    if not self._batch and time.perf_counter() > deadline:
-                        return chunk, None, True
+            # 256 items at a time at C speed (extend keeps what was read if the input raises)
+            while len(chunk) < size:
+                before = len(chunk)
+                chunk.extend(itertools.islice(self._items, min(256, size - before)))
+                if len(chunk) - before < min(256, size - before) or self._closed:
+                    break  # the input is exhausted, or cancelled while reading: pull no more
+                if not self._batch and time.perf_counter() > deadline:
+                    return chunk, None, len(chunk) < size
         except BaseException as exc:  # the input iterator itself failed
             return chunk, exc, False
         return chunk, None, False
