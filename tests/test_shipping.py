@@ -358,3 +358,20 @@ def test_kernel_traceback_shows_user_code_only(kernel_nb):
         assert noise not in text, noise
     tb_again = [o for o in kernel_nb.cells[7].outputs if o.output_type in ("error", "stream")]
     assert tb_again and "ZeroDivisionError" in json.dumps(tb_again[0])
+
+
+def test_warm_calls_do_not_pickle_the_code_again(ray_cluster, monkeypatch):
+    from nbserverless.handles import function as function_module
+
+    pickled = []
+    real = function_module.dumps_code
+    monkeypatch.setattr(
+        function_module, "dumps_code", lambda obj, name: pickled.append(name) or real(obj, name)
+    )
+    ns: dict = {"nbs": nbs}
+    exec("K = 2\n@nbs.remote(cpus=0.25)\ndef g(x):\n    return x * K\n", ns)
+    g = ns["g"]
+    assert [g(i) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert len(pickled) == 1  # once, for the pool
+    ns["K"] = 3
+    assert g(1) == 3 and len(pickled) == 2  # once more, because K was rebound
