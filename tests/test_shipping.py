@@ -303,6 +303,10 @@ KERNEL_CELLS = [
     "@nbs.remote(cpus=0.25)\ndef inverse(x):\n    return 1 / x\ninverse(0)",
     # 7: %tb still works on the local exception
     "%tb",
+    # 8-10: %%serverless cells ship and bring back notebook classes by the same pickler
+    "%load_ext nbserverless",
+    "%%serverless\nq = Point(7, 8)\nsame = isinstance(p, Point) and c is Color.GREEN",
+    "print('CELL', json.dumps({'q': q == Point(7, 8) and type(q) is Point, 'same': same}))",
 ]
 
 
@@ -347,6 +351,10 @@ def test_kernel_fresh_code_follows_redefinitions(kernel_nb):
 
 def test_kernel_function_ships_only_its_own_lines(kernel_nb):
     assert json.loads(_line(kernel_nb.cells[5], "SOURCE")) == {"own": True, "secret": False}
+
+
+def test_kernel_serverless_cells_keep_notebook_classes(kernel_nb):
+    assert json.loads(_line(kernel_nb.cells[10], "CELL")) == {"q": True, "same": True}
 
 
 def test_kernel_traceback_shows_user_code_only(kernel_nb):
