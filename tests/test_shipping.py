@@ -136,7 +136,7 @@ def test_partial_callable_object_wraps_and_async(ray_cluster):
             return self.k * x
 
     triple = nbs.remote(cpus=0.25)(Scale(3))
-    assert triple.name == "Scale" and triple(5) == 15
+    assert triple.name.endswith("Scale") and triple(5) == 15
 
     def logged(fn):
         @functools.wraps(fn)
@@ -303,6 +303,10 @@ KERNEL_CELLS = [
     "@nbs.remote(cpus=0.25)\ndef inverse(x):\n    return 1 / x\ninverse(0)",
     # 7: %tb still works on the local exception
     "%tb",
+    # 8-10: %%serverless cells ship and bring back notebook classes by the same pickler
+    "%load_ext nbserverless",
+    "%%serverless\nq = Point(7, 8)\nsame = isinstance(p, Point) and c is Color.GREEN",
+    "print('CELL', json.dumps({'q': q == Point(7, 8) and type(q) is Point, 'same': same}))",
 ]
 
 
@@ -349,6 +353,10 @@ def test_kernel_function_ships_only_its_own_lines(kernel_nb):
     assert json.loads(_line(kernel_nb.cells[5], "SOURCE")) == {"own": True, "secret": False}
 
 
+def test_kernel_serverless_cells_keep_notebook_classes(kernel_nb):
+    assert json.loads(_line(kernel_nb.cells[10], "CELL")) == {"q": True, "same": True}
+
+
 def test_kernel_traceback_shows_user_code_only(kernel_nb):
     errors = [o for o in kernel_nb.cells[6].outputs if o.output_type == "error"]
     assert errors and errors[0]["ename"] == "ZeroDivisionError"
@@ -358,3 +366,20 @@ def test_kernel_traceback_shows_user_code_only(kernel_nb):
         assert noise not in text, noise
     tb_again = [o for o in kernel_nb.cells[7].outputs if o.output_type in ("error", "stream")]
     assert tb_again and "ZeroDivisionError" in json.dumps(tb_again[0])
+
+
+def test_warm_calls_do_not_pickle_the_code_again(ray_cluster, monkeypatch):
+    from nbserverless.handles import function as function_module
+
+    pickled = []
+    real = function_module.dumps_code
+    monkeypatch.setattr(
+        function_module, "dumps_code", lambda obj, name: pickled.append(name) or real(obj, name)
+    )
+    ns: dict = {"nbs": nbs}
+    exec("K = 2\n@nbs.remote(cpus=0.25)\ndef g(x):\n    return x * K\n", ns)
+    g = ns["g"]
+    assert [g(i) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert len(pickled) == 1  # once, for the pool
+    ns["K"] = 3
+    assert g(1) == 3 and len(pickled) == 2  # once more, because K was rebound
