@@ -15,21 +15,22 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import pickle
-import socket
-import struct
 import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
 from typing import Any
 
 from . import codec, watchdog
-from .threads import apply_cpu_share
-
-STREAM_AFTER_S = 0.2  # output of calls running longer than this streams live
-FLUSH_EVERY_S = 0.1
+from .streams import (
+    _LOCAL,
+    FLUSH_EVERY_S,
+    STREAM_AFTER_S,
+    _CallOutput,
+    _install_streams,
+    _OutputLink,
+)
+from .threads import apply_cpu_share, idle_priority
 
 
 class UserError:
@@ -51,123 +52,6 @@ class UserError:
 
     def __setstate__(self, state):
         self.blob, self.type_name, self.message, self.tb = state
-
-
-class _CallOutput:
-    __slots__ = ("call_id", "t0", "chunks", "seq", "lock")
-
-    def __init__(self, call_id: int):
-        self.call_id = call_id
-        self.t0 = time.monotonic()
-        self.chunks: list[tuple[str, str]] = []
-        self.seq = 0
-        self.lock = threading.Lock()
-
-
-_LOCAL = threading.local()  # per thread: call_id, out, begin (the running call's output)
-
-
-class _Stream:
-    """sys.stdout/sys.stderr of a replica: writes made by a call go to that call's output."""
-
-    def __init__(self, name: str, original: Any):
-        self.name = name
-        self._original = original
-
-    def write(self, text: str) -> int:
-        local = _LOCAL
-        out = getattr(local, "out", None)
-        if out is None:
-            call_id = getattr(local, "call_id", None)
-            if call_id is None:  # not inside a call: the replica's own log
-                return self._original.write(text)
-            out = local.out = local.begin(call_id)
-        with out.lock:
-            out.chunks.append((self.name, text))
-        return len(text)
-
-    def flush(self) -> None:
-        if getattr(_LOCAL, "out", None) is None:
-            self._original.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def __getattr__(self, item: str) -> Any:
-        return getattr(self._original, item)
-
-
-class _OutputLink:
-    """Streams output of long calls to the kernel over a socket (framed pickles)."""
-
-    def __init__(self, address: tuple[str, int, str] | None):
-        self.address = address
-        self.sock: socket.socket | None = None
-        self.failed = address is None
-        self.lock = threading.Lock()
-
-    def send(self, call_id: int, chunks: list[tuple[str, str]]) -> bool:
-        if self.failed:
-            return False
-        with self.lock:
-            try:
-                if self.sock is None:
-                    host, port, token = self.address
-                    self.sock = socket.create_connection((host, port), timeout=5)
-                    raw = token.encode()
-                    self.sock.sendall(struct.pack("!I", len(raw)) + raw)
-                self._frame((call_id, chunks))
-                return True
-            except OSError:
-                self.failed = True
-                return False
-
-    def _frame(self, obj: Any) -> None:
-        data = pickle.dumps(obj)
-        self.sock.sendall(struct.pack("!I", len(data)) + data)
-
-
-def _install_streams() -> None:
-    """Route this process's sys.stdout/sys.stderr through call capture (once per process)."""
-    if not isinstance(sys.stdout, _Stream):
-        sys.stdout = _Stream("stdout", sys.stdout)
-    if not isinstance(sys.stderr, _Stream):
-        sys.stderr = _Stream("stderr", sys.stderr)
-
-
-@contextmanager
-def idle_priority():
-    """Run the block on CPU nobody else wants (Linux SCHED_IDLE, this thread only), e.g. a
-    replica's imports while a stand-in serves its calls; a no-op where not available, or where
-    this thread could not switch back afterwards (unprivileged, RLIMIT_NICE too low)."""
-    try:
-        if not _can_leave_idle():
-            raise OSError("could not switch back")
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            pass
-
-
-def _can_leave_idle() -> bool:
-    """Linux lets a thread leave SCHED_IDLE if privileged or if its niceness is within the
-    range RLIMIT_NICE permits (niceness ≥ 20 − limit)."""
-    if os.geteuid() == 0:
-        return True
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
-        return soft == resource.RLIM_INFINITY or os.getpriority(os.PRIO_PROCESS, 0) >= 20 - soft
-    except (AttributeError, ImportError, OSError, ValueError):
-        return False
 
 
 _WORKER_DIR = os.path.dirname(os.path.abspath(__file__))

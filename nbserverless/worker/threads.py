@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 #: read by OpenMP, MKL, OpenBLAS, BLIS, Accelerate, numexpr and Rust (HF tokenizers) at start
 THREAD_VARS = (
@@ -86,3 +87,38 @@ def apply_cpu_share(cpus: float | None = None, keep: Collection[str] | None = No
         except Exception:
             pass
     return n
+
+
+@contextmanager
+def idle_priority() -> Iterator[None]:
+    """Run the block on CPU nobody else wants (Linux SCHED_IDLE, this thread only), e.g. a
+    warm replica's imports of the kernel's module names; a no-op where not available, or where
+    this thread could not switch back afterwards (unprivileged, RLIMIT_NICE too low)."""
+    try:
+        if not _can_leave_idle():
+            raise OSError("could not switch back")
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
+
+
+def _can_leave_idle() -> bool:
+    """Linux lets a thread leave SCHED_IDLE if privileged or if its niceness is within the
+    range RLIMIT_NICE permits (niceness ≥ 20 − limit)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+        return soft == resource.RLIM_INFINITY or os.getpriority(os.PRIO_PROCESS, 0) >= 20 - soft
+    except (AttributeError, ImportError, OSError, ValueError):
+        return False

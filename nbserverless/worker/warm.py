@@ -14,7 +14,9 @@ import os
 import sys
 from typing import Any
 
-from .replica import Replica, _OutputLink, idle_priority
+from .replica import Replica
+from .streams import _OutputLink
+from .threads import idle_priority
 
 
 class WarmReplica(Replica):
