@@ -56,9 +56,10 @@ def test_inline_widget_appears_and_freezes_at_the_scope_values(ip):
     view = widgets.INLINE.last
     assert view is not before and view.widget is not None
     assert not view.live and view.scope.closed
-    final = view.final
-    assert final == view.scope.snapshot()
-    (row,) = final["functions"]
+    final, scope_final = view.final, view.scope.snapshot()
+    (row,), (scope_row,) = final["functions"], scope_final["functions"]
+    assert row == {**scope_row, "waiting_for_node": 0, "waiting_for_node_s": 0.0,
+                   "keep_alive": None}  # fmt: skip
     assert (row["name"], row["invocations"], row["errors"], row["replicas"]) == ("square", 30, 3, 1)
     value = view.widget.value
     assert "data-state='final'" in value and "cost (est.)" in value and "estimate" in value
@@ -208,7 +209,7 @@ def test_dashboard_shows_functions_cluster_totals_and_plots(ip):
         value = d.widget.value
         assert "data-function='dashfn'" in value
         assert "node(s)" in value and "prewarmed" in value and "estimate" in value
-        assert value.count("<svg") == 3 and "polyline" in value
+        assert value.count("<svg") == 4 and "polyline" in value  # replicas, latency, rate, nodes
         text = repr(d)
         assert "dashfn" in text and "cost (est.)" in text and "cluster" in text
         # live: new calls show up without anyone calling refresh()
@@ -224,6 +225,82 @@ def test_dashboard_shows_functions_cluster_totals_and_plots(ip):
         d.close()
     d._thread.join(timeout=5)
     assert not d._thread.is_alive()
+
+
+WAITING = """
+fm = METER.function("{key}", name="{name}")
+fm.keep_alive_label = "keep-alive 40 s (learned)"
+fm.submitted()
+fm.waiting_for_node, fm.waiting_for_node_s = 1, 12.0
+view = widgets.INLINE.view
+view.refresh()
+live_value, live_text = view.widget.value, repr(view)
+fm.waiting_for_node, fm.waiting_for_node_s = 0, 0.0
+"""
+
+
+def test_inline_widget_says_waiting_for_a_node_and_the_keep_alive(ip):
+    ip.user_ns["widgets"] = widgets
+    run(ip, WAITING.format(key="w1", name="slowstart"))
+    live, text = ip.user_ns["live_value"], ip.user_ns["live_text"]
+    (row,) = [r for r in re.findall(r"<tr data-function[^>]*>.*?</tr>", live)]
+    assert "title='keep-alive 40 s (learned)'" in row
+    assert "waiting for a node (12.0 s)" in row
+    assert "slowstart: waiting for a node (12.0 s) · keep-alive 40 s (learned)" in text
+    (saved,) = state_rows(live)
+    assert saved["waiting_for_node"] == 1 and saved["keep_alive"] == "keep-alive 40 s (learned)"
+    # frozen: the wait is over, the keep-alive stays
+    final = widgets.INLINE.last.widget.value
+    assert "waiting for a node" not in final and "keep-alive 40 s (learned)" in final
+
+
+def test_inline_widget_refreshes_when_only_the_wait_changes(ip):
+    run(ip, "fm = METER.function('w2', name='w2'); fm.submitted()")
+    fm = METER.function("w2", name="w2")
+    view = widgets.InlineView(METER.open_scope(), rich=True)
+    fm.submitted()
+    view.refresh()
+    version = METER.version
+    fm.waiting_for_node, fm.waiting_for_node_s = 3, 5.0
+    assert METER.version == version and view.refresh()
+    assert "waiting for a node (5.00 s)" in view.widget.value
+    fm.waiting_for_node = 0
+    assert view.refresh() and "waiting for a node" not in view.widget.value
+    view.freeze()
+
+
+def test_dashboard_shows_nodes_node_cost_waiting_keep_alive_and_replica_starts(ip):
+    fm = METER.function("d3", name="nodefn", cpus=1)
+    fm.keep_alive_label = "keep-alive 60 s (fixed, learning 3/10)"
+    fm.submitted()
+    fm.waiting_for_node, fm.waiting_for_node_s = 2, 75.0
+    d = widgets.Dashboard(rich=False)
+    fm.replica_started("r1")
+    fm.dispatched()
+    fm.finished(1, total_s=0.1, cold=True)
+    d._sample(force=True)
+    now = time.time()
+    d.cluster.update(  # the shape of core.cluster.summary() on an autoscaling cluster
+        address="ray://head:10001", nodes=3, worker_nodes=2, nodes_pending=1, nodes_peak=4,
+        node_history=[[now - 100, 1], [now - 60, 4], [now - 20, 3]], autoscaling=True,
+        node_cost=0.0123, node_cost_always_on=0.0456,
+    )  # fmt: skip
+    value, text = d.html(), d.text()
+    nodes_line = "nodes (autoscaling): 3 now (2 worker) · 1 pending · peak 4"
+    assert nodes_line in text and nodes_line in value
+    assert "node cost ≈$0.012 (always-on ≈$0.046, estimates)" in text
+    row = re.search(r"<tr data-function='nodefn'>.*?</tr>", value).group(0)
+    assert "waiting for a node (1m15s)" in row
+    assert "keep-alive 60 s (fixed, learning 3/10)" in row and "keep-alive" in text
+    plots = dict(re.findall(r"data-plot='(\w+)'.*?(<svg.*?</svg>)", value))
+    assert set(plots) == {"replicas", "latency", "rate", "nodes"}
+    # the replica that started between the two samples is dotted, only on the replicas plot
+    assert plots["replicas"].count("nbserverless-mark") == 1
+    assert "replica start" in plots["replicas"] and "nbserverless-mark" not in plots["nodes"]
+    # nodes over time: 1, then 4 (the peak, highest point), then 3 now
+    ys = [float(p.split(",")[1]) for p in
+          re.search(r"points='([^']*)'", plots["nodes"]).group(1).split()]  # fmt: skip
+    assert ys[0] == max(ys) and min(ys) == ys[len(ys) // 2] and ys[-1] not in (max(ys), min(ys))
 
 
 def test_dashboard_is_throttled():
@@ -258,6 +335,13 @@ def test_render_helpers():
     assert render.duration(None) == "–" and render.duration(61) == "1m01s"
     svg = render.sparkline_svg([0, 1, 2, 1])
     assert svg.startswith("<svg") and svg.count(",") == 4
+    marked = render.sparkline_svg([0, 1, 2, 1], marks=[1, 2, 9], mark_label="replica start")
+    assert marked.count("<circle") == 2 and marked.count("<title>replica start</title>") == 2
+    assert render.waiting_text({"waiting_for_node": 0, "waiting_for_node_s": 9}) == ""
+    assert render.waiting_text({"waiting_for_node": 1, "waiting_for_node_s": 12}) == (
+        "waiting for a node (12.0 s)"
+    )
+    assert render.keep_alive_text({"keep_alive": None}) == ""
 
 
 def test_real_kernel_displays_the_widget_in_the_cell_and_sends_final_values():

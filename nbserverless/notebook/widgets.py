@@ -69,6 +69,32 @@ def _budget_line() -> str:
     return _budget_mod.warning()
 
 
+_LIVE_FIELDS = ("waiting_for_node", "waiting_for_node_s", "keep_alive")
+
+
+def _live_state() -> tuple:
+    """What the views show besides ``METER.version``: the waits for a node (whole seconds)
+    and the keep-alive in force, which change without a meter record."""
+    return tuple(
+        (fm.waiting_for_node, int(fm.waiting_for_node_s or 0), fm.keep_alive_label)
+        for fm in METER.functions()
+    )
+
+
+def with_live(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` (a scope's snapshot) with each row's current wait for a node and keep-alive
+    from its function's meter. Example: ``with_live(scope.snapshot())["functions"][0]``."""
+    fms = {(fm.name, fm.kind): fm for fm in METER.functions()}
+    rows = []
+    for r in snap.get("functions", []):
+        fm = fms.get((r.get("name"), r.get("kind")))
+        if fm is not None and any(k not in r for k in _LIVE_FIELDS):
+            r = {**r, "waiting_for_node": fm.waiting_for_node,
+                 "waiting_for_node_s": fm.waiting_for_node_s, "keep_alive": fm.keep_alive_label}  # fmt: skip
+        rows.append(r)
+    return {**snap, "functions": rows}
+
+
 def _display(obj: Any, **kw: Any) -> Any:
     from IPython.display import display
 
@@ -86,13 +112,13 @@ class InlineView:
         self.final: dict[str, Any] | None = None
         self.updates = 0  # number of value changes after the first render
         self._lock = threading.Lock()
-        self._version = -1
+        self._version: Any = -1
         self._handle: Any = None
         self.widget: Any = None
         if rich:
             import ipywidgets
 
-            self.widget = ipywidgets.HTML(value=self._html(scope.snapshot(), live=True))
+            self.widget = ipywidgets.HTML(value=self._html(with_live(scope.snapshot()), True))
             self.widget.add_class("nbserverless-inline")
 
     def show(self) -> None:
@@ -103,10 +129,11 @@ class InlineView:
     def refresh(self) -> bool:
         """Re-render from the scope if the meter changed; True if the value changed."""
         with self._lock:
-            if not self.live or self.widget is None or METER.version == self._version:
+            version = (METER.version, _live_state())
+            if not self.live or self.widget is None or version == self._version:
                 return False
-            self._version = METER.version
-            html = self._html(self.scope.snapshot(), live=True)
+            self._version = version
+            html = self._html(with_live(self.scope.snapshot()), live=True)
             if html == self.widget.value:
                 return False
             self.widget.value = html
@@ -118,7 +145,13 @@ class InlineView:
         with self._lock:
             if self.live:
                 self.live = False
-                self.final = self.scope.close()
+                final = self.scope.close()
+                # the keep-alive stays in the frozen view; a wait for a node is over or
+                # belongs to a later cell
+                live = with_live(final)
+                self.final = {**live, "functions": [
+                    {**r, "waiting_for_node": 0, "waiting_for_node_s": 0.0}
+                    for r in live["functions"]]}  # fmt: skip
                 if self.widget is not None:
                     self.widget.value = self._html(self.final, live=False)
                     if self._handle is not None:
@@ -151,7 +184,7 @@ class InlineView:
         return render.inline_text(snap) + (f"\n⚠ {warn}" if warn else "")
 
     def _snap(self) -> dict[str, Any]:
-        return self.final if self.final is not None else self.scope.snapshot()
+        return self.final if self.final is not None else with_live(self.scope.snapshot())
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         data = {
@@ -268,7 +301,9 @@ def unregister(ip: Any) -> None:
 
 def _cluster() -> dict[str, Any]:
     zeros = {"address": "not connected", "nodes": 0, "cpus": 0, "cpus_used": 0,
-             "gpus": 0, "gpus_used": 0}  # fmt: skip
+             "gpus": 0, "gpus_used": 0, "worker_nodes": 0, "nodes_pending": 0, "nodes_peak": 0,
+             "node_history": [], "autoscaling": False, "node_cost": 0.0,
+             "node_cost_always_on": 0.0}  # fmt: skip
     try:
         from ..core import cluster
 
@@ -285,7 +320,8 @@ class Dashboard:
     def __init__(self, rich: bool | None = None, interval: float = DASHBOARD_INTERVAL) -> None:
         self.rich = rich_display() if rich is None else rich
         self.interval = interval
-        self.history: deque = deque(maxlen=HISTORY_POINTS)  # (t, replicas, latency_ms, calls/s)
+        # (t, replicas, latency_ms, calls/s, cold starts so far)
+        self.history: deque = deque(maxlen=HISTORY_POINTS)
         self._prev: tuple[float, int, float] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -318,7 +354,10 @@ class Dashboard:
                 dn, dt = calls - n0, max(now - t0, 1e-9)
                 lat = (lat_sum - s0) / dn * 1e3 if dn > 0 else 0.0
                 rate = dn / dt if self._prev is not None else 0.0
-                self.history.append((now, tot["replicas"] + tot["platform_replicas"], lat, rate))
+                cold = sum(f.get("cold_starts", 0) for f in snap["functions"])
+                self.history.append(
+                    (now, tot["replicas"] + tot["platform_replicas"], lat, rate, cold)
+                )
                 self._prev = (now, calls, lat_sum)
 
     def refresh(self) -> bool:
@@ -339,9 +378,15 @@ class Dashboard:
 
     def _rows(self) -> list[tuple]:
         c, lat = render.count, render.latency
+
+        def pending(f: dict[str, Any]) -> str:
+            wait = render.waiting_text(f)
+            return c(f["in_flight"] + f["queued"]) + (f" · {wait}" if wait else "")
+
         return [
             (f["name"], f["kind"], c(f["invocations"]), c(f["errors"]), c(f["cancellations"]),
-             c(f["in_flight"] + f["queued"]), f"{c(f['replicas'])} / {c(f['peak_replicas'])}",
+             pending(f), f"{c(f['replicas'])} / {c(f['peak_replicas'])}",
+             render.keep_alive_text(f) or fmt.NO_DATA,
              lat(f, "exec_p50_ms"), lat(f, "p50_ms"), lat(f, "p95_ms"), lat(f, "p99_ms"),
              render.money(f["cost"]), render.money(f["always_on_cost"]),
              render.percent(f["saving"] if f["always_on_cost"] else None))
@@ -349,7 +394,7 @@ class Dashboard:
         ]  # fmt: skip
 
     _HEAD = ("function", "kind", "calls", "errors", "cancelled", "pending", "replicas now/peak",
-             "p50 run", "p50 total", "p95 total", "p99 total", "cost (est.)",
+             "keep-alive", "p50 run", "p50 total", "p95 total", "p99 total", "cost (est.)",
              "always-on (est.)", "saving")  # fmt: skip
 
     def _summary(self) -> str:
@@ -362,17 +407,45 @@ class Dashboard:
             f"platform ≈{render.money(t.get('platform_cost'))} (estimates)"
         )
 
+    def _nodes(self) -> str:
+        """Nodes now / pending / peak and the estimated node cost with its always-on twin."""
+        c = self.cluster
+        auto = " (autoscaling)" if c.get("autoscaling") else ""
+        return (
+            f"nodes{auto}: {render.count(c.get('nodes'))} now "
+            f"({render.count(c.get('worker_nodes'))} worker) · "
+            f"{render.count(c.get('nodes_pending'))} pending · peak "
+            f"{render.count(c.get('nodes_peak'))} · node cost ≈{render.money(c.get('node_cost'))} "
+            f"(always-on ≈{render.money(c.get('node_cost_always_on'))}, estimates)"
+        )
+
+    def _node_series(self, now: float, points: int = 60) -> list[float]:
+        """Nodes over time from the cluster's ``node_history``, sampled at ``points`` even
+        steps from its first change to now (the plot's x axis is time)."""
+        hist = [(float(t), float(n)) for t, n in self.cluster.get("node_history") or []]
+        if not hist:
+            return [float(self.cluster.get("nodes") or 0)] * 2
+        t0 = hist[0][0]
+        span = max(now - t0, 1e-9)
+        out, j = [], 0
+        for i in range(points):
+            t = t0 + span * i / (points - 1)
+            while j + 1 < len(hist) and hist[j + 1][0] <= t:
+                j += 1
+            out.append(hist[j][1])
+        return out
+
     def _budget(self) -> str:
         return _budget_line()
 
     def text(self) -> str:
         """The plain-text dashboard."""
         with self._lock:
-            rows, summary = self._rows(), self._summary()
+            rows, summary, nodes = self._rows(), self._summary(), self._nodes()
         table = render.table_text(self._HEAD, rows) if rows else "(no functions yet)"
         budget = self._budget()
         return (
-            f"nbserverless dashboard\n{summary}\n"
+            f"nbserverless dashboard\n{summary}\n{nodes}\n"
             + (f"⚠ {budget}\n" if budget else "")
             + f"{table}\n({render.ESTIMATE_NOTE})\n{render.SESSION_CAPTION}"
         )
@@ -383,7 +456,14 @@ class Dashboard:
 
         with self._lock:
             rows, summary, hist = self._rows(), self._summary(), list(self.history)
+            nodes, node_vals = self._nodes(), self._node_series(time.time())
             names = [f["name"] for f in self.snapshot.get("functions", [])]
+        # a replica start: the replica count rose, or a call met a cold start, since the last point
+        starts = [
+            i
+            for i in range(1, len(hist))
+            if hist[i][1] > hist[i - 1][1] or hist[i][4] > hist[i - 1][4]
+        ]
         th = "".join(f"<th style='padding:1px 6px'>{escape(h)}</th>" for h in self._HEAD)
         body = "".join(
             f"<tr data-function='{escape(n, quote=True)}'>"
@@ -394,14 +474,18 @@ class Dashboard:
             for n, r in zip(names, rows, strict=False)
         )
         plots = "".join(
-            f"<div style='display:inline-block;margin-right:16px'><small>{label}: "
-            f"{show(vals[-1] if vals else 0)}</small><br>{render.sparkline_svg(vals, label=label)}</div>"
-            for label, vals, show in (
-                ("replicas", [h[1] for h in hist], lambda v: f"{v:g}"),
-                ("mean latency", [h[2] for h in hist], render.ms),
-                ("calls/s", [h[3] for h in hist], lambda v: fmt.sig(v, 3)),
+            f"<div class='nbserverless-plot' data-plot='{key}' style='display:inline-block;"
+            f"margin-right:16px'><small>{label}: {show(vals[-1] if vals else 0)}</small><br>"
+            f"{render.sparkline_svg(vals, label=label, marks=marks, mark_label='replica start')}"
+            "</div>"
+            for key, label, vals, show, marks in (
+                ("replicas", "replicas (• replica start)", [h[1] for h in hist],
+                 lambda v: f"{v:g}", starts),
+                ("latency", "mean latency", [h[2] for h in hist], render.ms, ()),
+                ("rate", "calls/s", [h[3] for h in hist], lambda v: fmt.sig(v, 3), ()),
+                ("nodes", "nodes", node_vals, lambda v: f"{v:g}", ()),
             )
-        )
+        )  # fmt: skip
         budget = self._budget()
         warn = (
             f"<div class='nbserverless-budget' role='alert' style='background:#fff3e0;"
@@ -411,7 +495,8 @@ class Dashboard:
         )
         return (
             "<div class='nbserverless-dashboard' style='font-size:12px'>"
-            f"<b>nbserverless</b> · {escape(summary)}{warn}<div>{plots}</div>"
+            f"<b>nbserverless</b> · {escape(summary)}"
+            f"<div class='nbserverless-nodes'>{escape(nodes)}</div>{warn}<div>{plots}</div>"
             f"<table style='border-collapse:collapse'><thead><tr>{th}</tr></thead>"
             f"<tbody>{body}</tbody></table>"
             f"<div style='opacity:.65'>{escape(render.ESTIMATE_NOTE)}</div>"
