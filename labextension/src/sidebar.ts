@@ -222,7 +222,12 @@ namespace Private {
   export function renderCluster(node: HTMLElement, s: ISnapshot): void {
     const list = el('dl', 'nbs-cluster-list');
     for (const [k, v] of clusterItems(s)) {
-      const item = el('div', 'nbs-cluster-item');
+      // the nodes and the node cost read better on one line across the panel
+      const wide = k.startsWith('Node');
+      const item = el(
+        'div',
+        `nbs-cluster-item${wide ? ' nbs-cluster-wide' : ''}`
+      );
       item.append(el('dt', undefined, k), el('dd', undefined, v));
       list.append(item);
     }
@@ -282,10 +287,6 @@ namespace Private {
       if (f.kind === 'cell') {
         name.append(el('span', 'nbs-kind', 'cell'));
       }
-      const wait = waitingText(f);
-      if (wait) {
-        name.append(el('span', 'nbs-waiting', wait));
-      }
       if (f.errors > 0) {
         const badge = el(
           'span',
@@ -294,6 +295,10 @@ namespace Private {
         );
         badge.title = `${formatCount(f.errors)} errors`;
         name.append(badge);
+      }
+      const wait = waitingText(f);
+      if (wait) {
+        name.append(el('span', 'nbs-waiting', wait)); // its own line, after the badges
       }
       tr.append(name);
       for (const c of COLUMNS) {
