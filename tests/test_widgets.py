@@ -409,3 +409,13 @@ out = list(inline_square.map(range(20), progress=False)) + [inline_square(3)]
     assert row["cost"] == pytest.approx(stats["cost"], rel=0.2)  # replicas still accrue
     (saved,) = state_rows(view.widget.value)
     assert saved["invocations"] == 21 and saved["p50_ms"] == row["p50_ms"]
+    # the keep-alive in force, from the real pool, in the frozen widget and the dashboard
+    assert stats["keep_alive"] and stats["keep_alive"].startswith("keep-alive")
+    assert row["keep_alive"] == stats["keep_alive"]
+    assert html.escape(stats["keep_alive"], quote=True) in view.widget.value
+    d = widgets.Dashboard(rich=False)
+    text = d.text()
+    assert stats["keep_alive"] in text
+    # the real cluster summary: at least this node, peak at least as many, a node cost
+    m = re.search(r"nodes(?: \(autoscaling\))?: (\d+) now .* peak (\d+) · node cost ≈\$", text)
+    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), text
