@@ -13,6 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from nbserverless import settings
 from nbserverless.metering import pricing
 from nbserverless.metering.meter import METER
+from nbserverless.notebook import dashboard as dash
 from nbserverless.notebook import render, widgets
 
 
@@ -91,7 +92,7 @@ def test_names_are_escaped_everywhere(ip):
     run(ip, CALLS.format(key="t_lambda", name="<lambda>", n=2))
     value = widgets.INLINE.last.widget.value
     assert "&lt;lambda&gt;" in value and "<lambda>" not in value
-    d = widgets.dashboard(rich=False)
+    d = dash.dashboard(rich=False)
     assert "&lt;lambda&gt;" in d.html() and "<lambda>" not in d.html()
     assert render.SESSION_CAPTION in d.text() and html.escape(render.SESSION_CAPTION) in d.html()
 
@@ -102,13 +103,13 @@ def test_replica_counts_agree_between_widget_dashboard_stats_and_panel(ip):
     run(ip, CALLS.format(key="t_reps", name="reps", n=2) + "fm.replica_started('r2')\n")
     t = time.time()
     stats = METER.get("t_reps").snapshot(t)
-    d = widgets.dashboard(rich=False)
+    d = dash.dashboard(rich=False)
     d._sample(force=True)
-    (dash,) = [f for f in d.snapshot["functions"] if f["name"] == "reps"]
+    (board,) = [f for f in d.snapshot["functions"] if f["name"] == "reps"]
     (panel,) = [f for f in comm.build_snapshot(now=t, cluster={})["functions"]
                 if f["name"] == "reps"]  # fmt: skip
     (cell,) = widgets.INLINE.last.final["functions"]
-    assert stats["replicas"] == dash["replicas"] == panel["replicas"] == cell["replicas"] == 2
+    assert stats["replicas"] == board["replicas"] == panel["replicas"] == cell["replicas"] == 2
 
 
 def test_budget_warning_in_the_widget_and_the_dashboard(ip):
@@ -124,7 +125,7 @@ def test_budget_warning_in_the_widget_and_the_dashboard(ip):
     assert budget.warning().startswith("90% of the budget spent")
     run(ip, "fm.submitted(); fm.dispatched(); fm.finished(1, total_s=0.01)")
     assert "nbserverless-budget" in widgets.INLINE.last.widget.value
-    assert "of the budget spent" in widgets.dashboard(rich=False).text()
+    assert "of the budget spent" in dash.dashboard(rich=False).text()
     settings.update(budget=None)
     budget._BUDGET.update()
     assert budget.warning() == ""
@@ -204,7 +205,7 @@ def test_dashboard_shows_functions_cluster_totals_and_plots(ip):
         fm.submitted()
         fm.dispatched()
         fm.finished(1, total_s=0.05)
-    d = widgets.Dashboard(rich=True, interval=0.05)
+    d = dash.Dashboard(rich=True, interval=0.05)
     try:
         value = d.widget.value
         assert "data-function='dashfn'" in value
@@ -274,7 +275,7 @@ def test_dashboard_shows_nodes_node_cost_waiting_keep_alive_and_replica_starts(i
     fm.keep_alive_label = "keep-alive 60 s (fixed, learning 3/10)"
     fm.submitted()
     fm.waiting_for_node, fm.waiting_for_node_s = 2, 75.0
-    d = widgets.Dashboard(rich=False)
+    d = dash.Dashboard(rich=False)
     fm.replica_started("r1")
     fm.dispatched()
     fm.finished(1, total_s=0.1, cold=True)
@@ -304,7 +305,7 @@ def test_dashboard_shows_nodes_node_cost_waiting_keep_alive_and_replica_starts(i
 
 
 def test_dashboard_is_throttled():
-    d = widgets.Dashboard(rich=True)  # default interval
+    d = dash.Dashboard(rich=True)  # default interval
     changes = []
     d.widget.observe(lambda ch: changes.append(1), "value")
     fm = METER.function("d2", name="busy")
@@ -320,7 +321,7 @@ def test_dashboard_is_throttled():
 
 
 def test_dashboard_text_fallback_without_widgets():
-    d = widgets.dashboard(rich=False)
+    d = dash.dashboard(rich=False)
     assert d.widget is None
     bundle = d._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" not in bundle
@@ -413,7 +414,7 @@ out = list(inline_square.map(range(20), progress=False)) + [inline_square(3)]
     assert stats["keep_alive"] and stats["keep_alive"].startswith("keep-alive")
     assert row["keep_alive"] == stats["keep_alive"]
     assert html.escape(stats["keep_alive"], quote=True) in view.widget.value
-    d = widgets.Dashboard(rich=False)
+    d = dash.Dashboard(rich=False)
     text = d.text()
     assert stats["keep_alive"] in text
     # the real cluster summary: at least this node, peak at least as many, a node cost
