@@ -147,9 +147,9 @@ def prices(**table: Any) -> Any:
 
 def dashboard() -> Any:
     """The live dashboard: every function of this kernel and the cluster."""
-    from .notebook import widgets
+    from .notebook import dashboard as dash
 
-    return widgets.dashboard()
+    return dash.dashboard()
 
 
 def shutdown() -> None:

@@ -259,7 +259,10 @@ LAYOUT_CELLS = [
     "sq.submitted(30); sq.dispatched(30); sq.finished(30, total_s=0.05, exec_s=0.012)\n"
     "sq.replica_started('r', t=0.0)\n"
     "import time; [wide.replica_stopped(r, t=1234.5 / 12) for r in range(12)]\n"
-    "sq.replica_stopped('r', t=0.000038)",
+    "sq.replica_stopped('r', t=0.000038)\n"
+    # schema v2: the widest function waits for a node, and has a keep-alive in force
+    "wide.keep_alive_label = 'keep-alive 60 s (fixed, learning 3/10)'\n"
+    "wide.waiting_for_node, wide.waiting_for_node_s = 2, 3725.0",
     # run by the budget test: a budget 84 % spent
     "from nbserverless import settings\n"
     "settings.update(budget=METER.snapshot()['totals']['cost'] / 0.84)",
@@ -345,6 +348,32 @@ def test_browser_row_details_show_what_the_columns_leave_out(layout_page):
     expect(details).to_have_count(0)
     title = r.get_attribute("title") or ""
     assert "Errors: 0" in title and "Saving" in title
+
+
+def test_browser_waiting_keep_alive_and_nodes_fit_at_default_width(layout_page):
+    pg = layout_page
+    box = panel(pg).bounding_box()
+    wide = row(pg, "a_rather_long_function_name")
+    waiting = wide.locator(".nbs-waiting")
+    expect(waiting).to_have_text("waiting for a node (1h02m)")
+    _inside(waiting, box)
+    title = wide.get_attribute("title") or ""
+    assert "Keep-alive: keep-alive 60 s (fixed, learning 3/10)" in title, title
+    wide.click()
+    details = panel(pg).locator('tr.nbs-details[data-details-for="a_rather_long_function_name"]')
+    expect(details).to_contain_text("keep-alive 60 s (fixed, learning 3/10)")
+    _inside(details, box)
+    wide.click()
+    expect(details).to_have_count(0)
+    # the cluster summary of schema v2: nodes now / pending / peak and the node cost
+    cluster = panel(pg).locator(".nbs-cluster")
+    expect(cluster).to_contain_text(re.compile(r"\d+ now · \d+ pending · peak \d+"))
+    expect(cluster).to_contain_text("Node cost (est.)")
+    for item in cluster.locator(".nbs-cluster-item dd").all():
+        b = item.bounding_box()
+        assert (
+            b and box["x"] - 0.5 <= b["x"] and b["x"] + b["width"] <= box["x"] + box["width"] + 0.5
+        )
 
 
 def test_browser_budget_warning_in_panel_and_status_bar(layout_page):

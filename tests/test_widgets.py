@@ -13,6 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from nbserverless import settings
 from nbserverless.metering import pricing
 from nbserverless.metering.meter import METER
+from nbserverless.notebook import dashboard as dash
 from nbserverless.notebook import render, widgets
 
 
@@ -56,9 +57,10 @@ def test_inline_widget_appears_and_freezes_at_the_scope_values(ip):
     view = widgets.INLINE.last
     assert view is not before and view.widget is not None
     assert not view.live and view.scope.closed
-    final = view.final
-    assert final == view.scope.snapshot()
-    (row,) = final["functions"]
+    final, scope_final = view.final, view.scope.snapshot()
+    (row,), (scope_row,) = final["functions"], scope_final["functions"]
+    assert row == {**scope_row, "waiting_for_node": 0, "waiting_for_node_s": 0.0,
+                   "keep_alive": None}  # fmt: skip
     assert (row["name"], row["invocations"], row["errors"], row["replicas"]) == ("square", 30, 3, 1)
     value = view.widget.value
     assert "data-state='final'" in value and "cost (est.)" in value and "estimate" in value
@@ -90,7 +92,7 @@ def test_names_are_escaped_everywhere(ip):
     run(ip, CALLS.format(key="t_lambda", name="<lambda>", n=2))
     value = widgets.INLINE.last.widget.value
     assert "&lt;lambda&gt;" in value and "<lambda>" not in value
-    d = widgets.dashboard(rich=False)
+    d = dash.dashboard(rich=False)
     assert "&lt;lambda&gt;" in d.html() and "<lambda>" not in d.html()
     assert render.SESSION_CAPTION in d.text() and html.escape(render.SESSION_CAPTION) in d.html()
 
@@ -101,13 +103,13 @@ def test_replica_counts_agree_between_widget_dashboard_stats_and_panel(ip):
     run(ip, CALLS.format(key="t_reps", name="reps", n=2) + "fm.replica_started('r2')\n")
     t = time.time()
     stats = METER.get("t_reps").snapshot(t)
-    d = widgets.dashboard(rich=False)
+    d = dash.dashboard(rich=False)
     d._sample(force=True)
-    (dash,) = [f for f in d.snapshot["functions"] if f["name"] == "reps"]
+    (board,) = [f for f in d.snapshot["functions"] if f["name"] == "reps"]
     (panel,) = [f for f in comm.build_snapshot(now=t, cluster={})["functions"]
                 if f["name"] == "reps"]  # fmt: skip
     (cell,) = widgets.INLINE.last.final["functions"]
-    assert stats["replicas"] == dash["replicas"] == panel["replicas"] == cell["replicas"] == 2
+    assert stats["replicas"] == board["replicas"] == panel["replicas"] == cell["replicas"] == 2
 
 
 def test_budget_warning_in_the_widget_and_the_dashboard(ip):
@@ -123,7 +125,7 @@ def test_budget_warning_in_the_widget_and_the_dashboard(ip):
     assert budget.warning().startswith("90% of the budget spent")
     run(ip, "fm.submitted(); fm.dispatched(); fm.finished(1, total_s=0.01)")
     assert "nbserverless-budget" in widgets.INLINE.last.widget.value
-    assert "of the budget spent" in widgets.dashboard(rich=False).text()
+    assert "of the budget spent" in dash.dashboard(rich=False).text()
     settings.update(budget=None)
     budget._BUDGET.update()
     assert budget.warning() == ""
@@ -203,12 +205,12 @@ def test_dashboard_shows_functions_cluster_totals_and_plots(ip):
         fm.submitted()
         fm.dispatched()
         fm.finished(1, total_s=0.05)
-    d = widgets.Dashboard(rich=True, interval=0.05)
+    d = dash.Dashboard(rich=True, interval=0.05)
     try:
         value = d.widget.value
         assert "data-function='dashfn'" in value
         assert "node(s)" in value and "prewarmed" in value and "estimate" in value
-        assert value.count("<svg") == 3 and "polyline" in value
+        assert value.count("<svg") == 4 and "polyline" in value  # replicas, latency, rate, nodes
         text = repr(d)
         assert "dashfn" in text and "cost (est.)" in text and "cluster" in text
         # live: new calls show up without anyone calling refresh()
@@ -226,8 +228,84 @@ def test_dashboard_shows_functions_cluster_totals_and_plots(ip):
     assert not d._thread.is_alive()
 
 
+WAITING = """
+fm = METER.function("{key}", name="{name}")
+fm.keep_alive_label = "keep-alive 40 s (learned)"
+fm.submitted()
+fm.waiting_for_node, fm.waiting_for_node_s = 1, 12.0
+view = widgets.INLINE.view
+view.refresh()
+live_value, live_text = view.widget.value, repr(view)
+fm.waiting_for_node, fm.waiting_for_node_s = 0, 0.0
+"""
+
+
+def test_inline_widget_says_waiting_for_a_node_and_the_keep_alive(ip):
+    ip.user_ns["widgets"] = widgets
+    run(ip, WAITING.format(key="w1", name="slowstart"))
+    live, text = ip.user_ns["live_value"], ip.user_ns["live_text"]
+    (row,) = [r for r in re.findall(r"<tr data-function[^>]*>.*?</tr>", live)]
+    assert "title='keep-alive 40 s (learned)'" in row
+    assert "waiting for a node (12.0 s)" in row
+    assert "slowstart: waiting for a node (12.0 s) · keep-alive 40 s (learned)" in text
+    (saved,) = state_rows(live)
+    assert saved["waiting_for_node"] == 1 and saved["keep_alive"] == "keep-alive 40 s (learned)"
+    # frozen: the wait is over, the keep-alive stays
+    final = widgets.INLINE.last.widget.value
+    assert "waiting for a node" not in final and "keep-alive 40 s (learned)" in final
+
+
+def test_inline_widget_refreshes_when_only_the_wait_changes(ip):
+    run(ip, "fm = METER.function('w2', name='w2'); fm.submitted()")
+    fm = METER.function("w2", name="w2")
+    view = widgets.InlineView(METER.open_scope(), rich=True)
+    fm.submitted()
+    view.refresh()
+    version = METER.version
+    fm.waiting_for_node, fm.waiting_for_node_s = 3, 5.0
+    assert METER.version == version and view.refresh()
+    assert "waiting for a node (5.00 s)" in view.widget.value
+    fm.waiting_for_node = 0
+    assert view.refresh() and "waiting for a node" not in view.widget.value
+    view.freeze()
+
+
+def test_dashboard_shows_nodes_node_cost_waiting_keep_alive_and_replica_starts(ip):
+    fm = METER.function("d3", name="nodefn", cpus=1)
+    fm.keep_alive_label = "keep-alive 60 s (fixed, learning 3/10)"
+    fm.submitted()
+    fm.waiting_for_node, fm.waiting_for_node_s = 2, 75.0
+    d = dash.Dashboard(rich=False)
+    fm.replica_started("r1")
+    fm.dispatched()
+    fm.finished(1, total_s=0.1, cold=True)
+    d._sample(force=True)
+    now = time.time()
+    d.cluster.update(  # the shape of core.cluster.summary() on an autoscaling cluster
+        address="ray://head:10001", nodes=3, worker_nodes=2, nodes_pending=1, nodes_peak=4,
+        node_history=[[now - 100, 1], [now - 60, 4], [now - 20, 3]], autoscaling=True,
+        node_cost=0.0123, node_cost_always_on=0.0456,
+    )  # fmt: skip
+    value, text = d.html(), d.text()
+    nodes_line = "nodes (autoscaling): 3 now (2 worker) · 1 pending · peak 4"
+    assert nodes_line in text and nodes_line in value
+    assert "node cost ≈$0.012 (always-on ≈$0.046, estimates)" in text
+    row = re.search(r"<tr data-function='nodefn'>.*?</tr>", value).group(0)
+    assert "waiting for a node (1m15s)" in row
+    assert "keep-alive 60 s (fixed, learning 3/10)" in row and "keep-alive" in text
+    plots = dict(re.findall(r"data-plot='(\w+)'.*?(<svg.*?</svg>)", value))
+    assert set(plots) == {"replicas", "latency", "rate", "nodes"}
+    # the replica that started between the two samples is dotted, only on the replicas plot
+    assert plots["replicas"].count("nbserverless-mark") == 1
+    assert "replica start" in plots["replicas"] and "nbserverless-mark" not in plots["nodes"]
+    # nodes over time: 1, then 4 (the peak, highest point), then 3 now
+    ys = [float(p.split(",")[1]) for p in
+          re.search(r"points='([^']*)'", plots["nodes"]).group(1).split()]  # fmt: skip
+    assert ys[0] == max(ys) and min(ys) == ys[len(ys) // 2] and ys[-1] not in (max(ys), min(ys))
+
+
 def test_dashboard_is_throttled():
-    d = widgets.Dashboard(rich=True)  # default interval
+    d = dash.Dashboard(rich=True)  # default interval
     changes = []
     d.widget.observe(lambda ch: changes.append(1), "value")
     fm = METER.function("d2", name="busy")
@@ -243,7 +321,7 @@ def test_dashboard_is_throttled():
 
 
 def test_dashboard_text_fallback_without_widgets():
-    d = widgets.dashboard(rich=False)
+    d = dash.dashboard(rich=False)
     assert d.widget is None
     bundle = d._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" not in bundle
@@ -258,6 +336,13 @@ def test_render_helpers():
     assert render.duration(None) == "–" and render.duration(61) == "1m01s"
     svg = render.sparkline_svg([0, 1, 2, 1])
     assert svg.startswith("<svg") and svg.count(",") == 4
+    marked = render.sparkline_svg([0, 1, 2, 1], marks=[1, 2, 9], mark_label="replica start")
+    assert marked.count("<circle") == 2 and marked.count("<title>replica start</title>") == 2
+    assert render.waiting_text({"waiting_for_node": 0, "waiting_for_node_s": 9}) == ""
+    assert render.waiting_text({"waiting_for_node": 1, "waiting_for_node_s": 12}) == (
+        "waiting for a node (12.0 s)"
+    )
+    assert render.keep_alive_text({"keep_alive": None}) == ""
 
 
 def test_real_kernel_displays_the_widget_in_the_cell_and_sends_final_values():
@@ -325,3 +410,13 @@ out = list(inline_square.map(range(20), progress=False)) + [inline_square(3)]
     assert row["cost"] == pytest.approx(stats["cost"], rel=0.2)  # replicas still accrue
     (saved,) = state_rows(view.widget.value)
     assert saved["invocations"] == 21 and saved["p50_ms"] == row["p50_ms"]
+    # the keep-alive in force, from the real pool, in the frozen widget and the dashboard
+    assert stats["keep_alive"] and stats["keep_alive"].startswith("keep-alive")
+    assert row["keep_alive"] == stats["keep_alive"]
+    assert html.escape(stats["keep_alive"], quote=True) in view.widget.value
+    d = dash.Dashboard(rich=False)
+    text = d.text()
+    assert stats["keep_alive"] in text
+    # the real cluster summary: at least this node, peak at least as many, a node cost
+    m = re.search(r"nodes(?: \(autoscaling\))?: (\d+) now .* peak (\d+) · node cost ≈\$", text)
+    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), text

@@ -3,13 +3,16 @@
  * sends over the `nbserverless` comm (DESIGN.md "Comm message schema"), formatting, and a
  * render throttle. Pure TypeScript with no JupyterLab imports, so jest tests it directly.
  */
-import { count, money, ms, percent } from './format';
+import { count, money, ms, percent, seconds } from './format';
 
 /** Target name of the comm between the kernel and the lab. */
 export const COMM_TARGET = 'nbserverless';
 
-/** The snapshot schema version this extension understands. */
-export const SCHEMA_VERSION = 1;
+/** The newest snapshot schema version this extension understands. */
+export const SCHEMA_VERSION = 2;
+
+/** Every schema version this extension accepts (version 1 has no node or wait fields). */
+export const SCHEMA_VERSIONS: readonly number[] = [1, 2];
 
 /** Cluster summary, from `nbserverless.cluster.summary()`. */
 export interface IClusterSummary {
@@ -19,6 +22,15 @@ export interface IClusterSummary {
   cpus_used: number;
   gpus: number;
   gpus_used: number;
+  /** Version 2 from here; null (or empty) from a version-1 kernel. */
+  worker_nodes: number | null;
+  nodes_pending: number | null;
+  nodes_peak: number | null;
+  autoscaling: boolean | null;
+  node_cost: number | null;
+  node_cost_always_on: number | null;
+  /** `[unix time, nodes]` at each change, oldest first. */
+  node_history: [number, number][];
 }
 
 /** One function, class handle or `%%serverless` cell. */
@@ -43,6 +55,119 @@ export interface IFunctionStats {
   cost_idle: number;
   always_on_cost: number | null;
   saving: number | null;
+  /** Calls waiting for a node to come up (version 2; 0 from version 1). */
+  waiting_for_node: number;
+  /** For how long, in seconds. */
+  waiting_for_node_s: number;
+  /** The keep-alive in force, e.g. `keep-alive 40 s (learned)`; null when unknown. */
+  keep_alive: string | null;
+}
+
+/** `waiting for a node (12.0 s)` while calls of `f` wait for a node, else ''. */
+export function waitingText(f: IFunctionStats): string {
+  return f.waiting_for_node > 0
+    ? `waiting for a node (${seconds(f.waiting_for_node_s)})`
+    : '';
+}
+
+/** The details of one function: shown in its row's tooltip and expanded row. */
+export function functionDetails(f: IFunctionStats): [string, string][] {
+  const none = f.invocations === 0;
+  const wait = waitingText(f);
+  return [
+    ['Kind', f.kind],
+    ...(wait ? ([['Waiting', wait]] as [string, string][]) : []),
+    ['Keep-alive', f.keep_alive ?? '–'],
+    ['Errors', count(f.errors)],
+    ['Cancelled', count(f.cancellations)],
+    ['Retries', count(f.retries)],
+    ['Cold starts', count(f.cold_starts)],
+    ['Running / queued', `${count(f.in_flight)} / ${count(f.queued)}`],
+    [
+      'p50 run / end-to-end',
+      `${ms(none ? null : f.exec_p50_ms)} / ${ms(none ? null : f.p50_ms)}`
+    ],
+    [
+      'p95 run / end-to-end',
+      `${ms(none ? null : f.exec_p95_ms)} / ${ms(none ? null : f.p95_ms)}`
+    ],
+    ['Replicas now / peak', `${count(f.replicas)} / ${count(f.peak_replicas)}`],
+    ['Idle cost (est.)', money(f.cost_idle)],
+    ['Always-on (est.)', money(f.always_on_cost)],
+    ['Saving', percent(f.saving)]
+  ];
+}
+
+/**
+ * The cluster summary's items. A version-2 snapshot adds nodes now / pending / peak and the
+ * estimated node cost with its always-on equivalent (the peak node count kept up).
+ */
+export function clusterItems(s: ISnapshot): [string, string][] {
+  const c = s.cluster;
+  const items: [string, string][] = [['Cluster', c.address ?? 'not connected']];
+  if (c.nodes_peak === null) {
+    items.push(['Nodes', `${c.nodes}`]);
+  } else {
+    items.push([
+      c.autoscaling ? 'Nodes (autoscaling)' : 'Nodes',
+      `${count(c.nodes)} now · ${count(c.nodes_pending ?? 0)} pending · peak ${count(c.nodes_peak)}`
+    ]);
+  }
+  items.push(
+    ['CPUs used', formatUsed(c.cpus_used, c.cpus)],
+    ['GPUs used', formatUsed(c.gpus_used, c.gpus)]
+  );
+  if (c.node_cost !== null) {
+    items.push([
+      'Node cost (est.)',
+      `${money(c.node_cost)} (always-on ${money(c.node_cost_always_on)})`
+    ]);
+  }
+  return items;
+}
+
+/**
+ * Nodes over time, sampled at `points` even steps from the first change in `history` to
+ * `now` (so the x axis is time); [] without history.
+ */
+export function nodeSeries(
+  history: [number, number][],
+  now: number,
+  points = 60
+): number[] {
+  if (history.length === 0) {
+    return [];
+  }
+  const t0 = history[0][0];
+  const span = Math.max(now - t0, 1e-9);
+  const out: number[] = [];
+  let j = 0;
+  for (let i = 0; i < points; i++) {
+    const t = t0 + (span * i) / (points - 1);
+    while (j + 1 < history.length && history[j + 1][0] <= t) {
+      j++;
+    }
+    out.push(history[j][1]);
+  }
+  return out;
+}
+
+/** The `points` attribute of an SVG polyline plotting `values` in a `width` × `height` box. */
+export function sparklinePoints(
+  values: number[],
+  width: number,
+  height: number
+): string {
+  const vals = values.length >= 2 ? values : [values[0] ?? 0, values[0] ?? 0];
+  const lo = Math.min(...vals);
+  const span = Math.max(...vals) - lo || 1;
+  const step = (width - 2) / (vals.length - 1);
+  return vals
+    .map(
+      (v, i) =>
+        `${(1 + i * step).toFixed(1)},${(height - 2 - ((v - lo) / span) * (height - 4)).toFixed(1)}`
+    )
+    .join(' ');
 }
 
 /** Totals over all functions of the kernel. */
@@ -118,7 +243,10 @@ export function parseSnapshot(data: unknown): ParseResult {
       error: `unknown message type ${JSON.stringify(data.type)}`
     };
   }
-  if (data.version !== SCHEMA_VERSION) {
+  if (
+    typeof data.version !== 'number' ||
+    !SCHEMA_VERSIONS.includes(data.version)
+  ) {
     return {
       ok: false,
       error: `unsupported snapshot version ${JSON.stringify(data.version)}`
@@ -151,7 +279,14 @@ export function parseSnapshot(data: unknown): ParseResult {
     cpus: Private.num(c.cpus) ?? 0,
     cpus_used: Private.num(c.cpus_used) ?? 0,
     gpus: Private.num(c.gpus) ?? 0,
-    gpus_used: Private.num(c.gpus_used) ?? 0
+    gpus_used: Private.num(c.gpus_used) ?? 0,
+    worker_nodes: Private.countOrNull(c.worker_nodes),
+    nodes_pending: Private.countOrNull(c.nodes_pending),
+    nodes_peak: Private.countOrNull(c.nodes_peak),
+    autoscaling: typeof c.autoscaling === 'boolean' ? c.autoscaling : null,
+    node_cost: Private.num(c.node_cost),
+    node_cost_always_on: Private.num(c.node_cost_always_on),
+    node_history: Private.parseHistory(c.node_history)
   };
   const t = (data.totals ?? {}) as Record<string, unknown>;
   const alwaysOn = functions
@@ -184,7 +319,7 @@ export function parseSnapshot(data: unknown): ParseResult {
   return {
     ok: true,
     snapshot: {
-      version: SCHEMA_VERSION,
+      version: data.version,
       time: Private.num(data.time) ?? 0,
       cluster,
       functions,
@@ -361,6 +496,29 @@ namespace Private {
     };
   }
 
+  /** A non-negative integer count, or null when absent or not a number. */
+  export function countOrNull(v: unknown): number | null {
+    return num(v) === null ? null : count(v);
+  }
+
+  /** `[[time, nodes], ...]` pairs of finite numbers; anything else is dropped. */
+  export function parseHistory(raw: unknown): [number, number][] {
+    if (!Array.isArray(raw)) {
+      return [];
+    }
+    const out: [number, number][] = [];
+    for (const p of raw) {
+      if (Array.isArray(p) && p.length === 2) {
+        const t = num(p[0]);
+        const n = num(p[1]);
+        if (t !== null && n !== null) {
+          out.push([t, n]);
+        }
+      }
+    }
+    return out;
+  }
+
   /** A non-negative integer count; anything else is 0. */
   export function count(v: unknown): number {
     const n = num(v);
@@ -396,7 +554,13 @@ namespace Private {
       cost_idle: num(raw.cost_idle) ?? 0,
       always_on_cost: num(raw.always_on_cost),
       saving:
-        num(raw.saving) ?? savingOf(num(raw.cost), num(raw.always_on_cost))
+        num(raw.saving) ?? savingOf(num(raw.cost), num(raw.always_on_cost)),
+      waiting_for_node: count(raw.waiting_for_node),
+      waiting_for_node_s: Math.max(0, num(raw.waiting_for_node_s) ?? 0),
+      keep_alive:
+        typeof raw.keep_alive === 'string' && raw.keep_alive !== ''
+          ? raw.keep_alive
+          : null
     };
   }
 }

@@ -8,15 +8,19 @@ import { Widget } from '@lumino/widgets';
 import { ServerlessTracker } from './connection';
 import {
   budgetText,
+  clusterItems,
   Command,
   emptyMessage,
   formatCost,
   formatCount,
   formatMs,
   formatSaving,
-  formatUsed,
+  functionDetails,
   IFunctionStats,
-  ISnapshot
+  ISnapshot,
+  nodeSeries,
+  sparklinePoints,
+  waitingText
 } from './model';
 
 /** The panel's DOM id (a stable hook for automation, SPEC.md). */
@@ -67,36 +71,7 @@ const COLUMNS: {
   }
 ];
 
-/** The details of one function: shown in its row's tooltip and expanded row. */
-export function functionDetails(f: IFunctionStats): [string, string][] {
-  const none = f.invocations === 0;
-  return [
-    ['Kind', f.kind],
-    ['Errors', formatCount(f.errors)],
-    ['Cancelled', formatCount(f.cancellations)],
-    ['Retries', formatCount(f.retries)],
-    ['Cold starts', formatCount(f.cold_starts)],
-    [
-      'Running / queued',
-      `${formatCount(f.in_flight)} / ${formatCount(f.queued)}`
-    ],
-    [
-      'p50 run / end-to-end',
-      `${formatMs(none ? null : f.exec_p50_ms)} / ${formatMs(none ? null : f.p50_ms)}`
-    ],
-    [
-      'p95 run / end-to-end',
-      `${formatMs(none ? null : f.exec_p95_ms)} / ${formatMs(none ? null : f.p95_ms)}`
-    ],
-    [
-      'Replicas now / peak',
-      `${formatCount(f.replicas)} / ${formatCount(f.peak_replicas)}`
-    ],
-    ['Idle cost (est.)', formatCost(f.cost_idle)],
-    ['Always-on (est.)', formatCost(f.always_on_cost)],
-    ['Saving', formatSaving(f.saving)]
-  ];
-}
+export { functionDetails } from './model';
 
 /**
  * The side panel widget. It renders from the tracker's active link whenever the tracker
@@ -245,20 +220,45 @@ namespace Private {
   }
 
   export function renderCluster(node: HTMLElement, s: ISnapshot): void {
-    const c = s.cluster;
-    const items: [string, string][] = [
-      ['Cluster', c.address ?? 'not connected'],
-      ['Nodes', `${c.nodes}`],
-      ['CPUs used', formatUsed(c.cpus_used, c.cpus)],
-      ['GPUs used', formatUsed(c.gpus_used, c.gpus)]
-    ];
     const list = el('dl', 'nbs-cluster-list');
-    for (const [k, v] of items) {
-      const item = el('div', 'nbs-cluster-item');
+    for (const [k, v] of clusterItems(s)) {
+      // the nodes and the node cost read better on one line across the panel
+      const wide = k.startsWith('Node');
+      const item = el(
+        'div',
+        `nbs-cluster-item${wide ? ' nbs-cluster-wide' : ''}`
+      );
       item.append(el('dt', undefined, k), el('dd', undefined, v));
       list.append(item);
     }
-    node.replaceChildren(list);
+    const children: Node[] = [list];
+    const series = nodeSeries(s.cluster.node_history, s.time);
+    if (series.length > 0) {
+      children.push(nodePlot(series));
+    }
+    node.replaceChildren(...children);
+  }
+
+  /** A small plot of the node count over time (like the dashboard's). */
+  export function nodePlot(series: number[]): HTMLElement {
+    const [w, h] = [160, 24];
+    const wrap = el('div', 'nbs-node-plot');
+    const ns = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('width', `${w}`);
+    svg.setAttribute('height', `${h}`);
+    svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
+    svg.setAttribute('role', 'img');
+    svg.setAttribute('aria-label', 'nodes over time');
+    const line = document.createElementNS(ns, 'polyline');
+    line.setAttribute('points', sparklinePoints(series, w, h));
+    line.setAttribute('fill', 'none');
+    line.setAttribute('stroke', 'var(--jp-brand-color1)');
+    line.setAttribute('stroke-width', '1.5');
+    svg.append(line);
+    wrap.append(el('span', 'nbs-node-plot-label', 'nodes over time'), svg);
+    wrap.title = `Nodes over time: now ${series[series.length - 1]}, peak ${Math.max(...series)}`;
+    return wrap;
   }
 
   export function renderTable(
@@ -295,6 +295,10 @@ namespace Private {
         );
         badge.title = `${formatCount(f.errors)} errors`;
         name.append(badge);
+      }
+      const wait = waitingText(f);
+      if (wait) {
+        name.append(el('span', 'nbs-waiting', wait)); // its own line, after the badges
       }
       tr.append(name);
       for (const c of COLUMNS) {

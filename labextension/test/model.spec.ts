@@ -1,6 +1,11 @@
 import {
   budgetText,
+  clusterItems,
   commandMessage,
+  functionDetails,
+  nodeSeries,
+  sparklinePoints,
+  waitingText,
   emptyMessage,
   formatCost,
   formatMs,
@@ -62,13 +67,21 @@ describe('parseSnapshot', () => {
   it('accepts the DESIGN.md example', () => {
     const s = parsed(designExample());
     expect(s.time).toBe(1764230000.0);
+    expect(s.version).toBe(1);
     expect(s.cluster).toEqual({
       address: 'local',
       nodes: 1,
       cpus: 2,
       cpus_used: 1,
       gpus: 0,
-      gpus_used: 0
+      gpus_used: 0,
+      worker_nodes: null,
+      nodes_pending: null,
+      nodes_peak: null,
+      autoscaling: null,
+      node_cost: null,
+      node_cost_always_on: null,
+      node_history: []
     });
     expect(s.functions).toHaveLength(1);
     const f = s.functions[0];
@@ -107,7 +120,11 @@ describe('parseSnapshot', () => {
     [{ type: 'hello' }, 'unknown message type'],
     [{ version: 1, functions: [] }, 'unknown message type'],
     [
-      { type: 'snapshot', version: 2, functions: [] },
+      { type: 'snapshot', version: 3, functions: [] },
+      'unsupported snapshot version'
+    ],
+    [
+      { type: 'snapshot', version: '2', functions: [] },
       'unsupported snapshot version'
     ],
     [{ type: 'snapshot', functions: [] }, 'unsupported snapshot version'],
@@ -193,6 +210,107 @@ describe('parseSnapshot', () => {
     const b = parsed(d);
     expect(b.functions).toEqual([]);
     expect(a.functions).toHaveLength(1);
+  });
+});
+
+/** A version-2 snapshot: nodes in the cluster, a wait and a keep-alive per function. */
+function v2Example(): Record<string, any> {
+  const d = designExample();
+  d.version = 2;
+  Object.assign(d.cluster, {
+    address: 'ray://head:10001',
+    nodes: 3,
+    worker_nodes: 2,
+    nodes_pending: 1,
+    nodes_peak: 4,
+    autoscaling: true,
+    node_cost: 0.0123,
+    node_cost_always_on: 0.0456,
+    node_history: [[1000, 1], [1040, 4], [1080, 3], [1090, 'x'], 'bad']
+  });
+  d.time = 1100;
+  Object.assign(d.functions[0], {
+    waiting_for_node: 2,
+    waiting_for_node_s: 12,
+    keep_alive: 'keep-alive 40 s (learned)'
+  });
+  return d;
+}
+
+describe('schema version 2', () => {
+  it('parses the nodes and the node cost', () => {
+    const s = parsed(v2Example());
+    expect(s.version).toBe(2);
+    expect(s.cluster).toMatchObject({
+      nodes: 3,
+      worker_nodes: 2,
+      nodes_pending: 1,
+      nodes_peak: 4,
+      autoscaling: true,
+      node_cost: 0.0123,
+      node_cost_always_on: 0.0456
+    });
+    expect(s.cluster.node_history).toEqual([
+      [1000, 1],
+      [1040, 4],
+      [1080, 3]
+    ]);
+    expect(clusterItems(s)).toEqual([
+      ['Cluster', 'ray://head:10001'],
+      ['Nodes (autoscaling)', '3 now · 1 pending · peak 4'],
+      ['CPUs used', '1 / 2'],
+      ['GPUs used', '0 / 0'],
+      ['Node cost (est.)', '$0.012 (always-on $0.046)']
+    ]);
+  });
+
+  it('says a function waits for a node, with the shared duration format', () => {
+    const f = parsed(v2Example()).functions[0];
+    expect(waitingText(f)).toBe('waiting for a node (12.0 s)');
+    f.waiting_for_node_s = 75;
+    expect(waitingText(f)).toBe('waiting for a node (1m15s)');
+    f.waiting_for_node = 0;
+    expect(waitingText(f)).toBe('');
+  });
+
+  it('puts the keep-alive and the wait in the row details', () => {
+    const details = new Map(functionDetails(parsed(v2Example()).functions[0]));
+    expect(details.get('Keep-alive')).toBe('keep-alive 40 s (learned)');
+    expect(details.get('Waiting')).toBe('waiting for a node (12.0 s)');
+  });
+
+  it('reads a version-1 snapshot as before: no wait, no keep-alive, no node items', () => {
+    const s = parsed(designExample());
+    const f = s.functions[0];
+    expect([f.waiting_for_node, f.waiting_for_node_s, f.keep_alive]).toEqual([
+      0,
+      0,
+      null
+    ]);
+    expect(waitingText(f)).toBe('');
+    const details = new Map(functionDetails(f));
+    expect(details.get('Keep-alive')).toBe('–');
+    expect(details.has('Waiting')).toBe(false);
+    expect(clusterItems(s).map(([k]) => k)).toEqual([
+      'Cluster',
+      'Nodes',
+      'CPUs used',
+      'GPUs used'
+    ]);
+    expect(nodeSeries(s.cluster.node_history, s.time)).toEqual([]);
+  });
+
+  it('plots nodes over time at even time steps', () => {
+    const s = parsed(v2Example());
+    const series = nodeSeries(s.cluster.node_history, s.time, 11);
+    // 1000..1100 in steps of 10: 1 until 1040, 4 until 1080, then 3
+    expect(series).toEqual([1, 1, 1, 1, 4, 4, 4, 4, 3, 3, 3]);
+    const ys = sparklinePoints(series, 100, 20)
+      .split(' ')
+      .map(p => Number(p.split(',')[1]));
+    expect(ys).toHaveLength(11);
+    expect(Math.min(...ys)).toBe(ys[4]); // the peak is the highest point
+    expect(Math.max(...ys)).toBe(ys[0]);
   });
 });
 

@@ -2,8 +2,14 @@
 
 The schema is DESIGN.md "Comm message schema". Kernel -> lab::
 
-    {"type": "snapshot", "version": 1, "time": ..., "cluster": {...},
+    {"type": "snapshot", "version": 2, "time": ..., "cluster": {...},
      "functions": [{...}, ...], "totals": {...}}
+
+Version 2 adds to ``cluster`` the nodes (``worker_nodes``, ``nodes_pending``, ``nodes_peak``,
+``autoscaling``, ``node_cost``, ``node_cost_always_on`` and ``node_history``, the last
+``NODE_HISTORY_POINTS`` changes as ``[[unix time, nodes], ...]``) and to each function
+``waiting_for_node``, ``waiting_for_node_s`` and ``keep_alive`` (text). The cluster's address
+is sent as before; a token never is (only the fields listed here leave the kernel).
 
 lab -> kernel: ``{"type": "command", "command": "scale_to_zero" | "reset" | "refresh"}``;
 anything else is ignored and logged.
@@ -26,7 +32,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TARGET = "nbserverless"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+NODE_HISTORY_POINTS = 60  # node-count changes sent, newest last
+# node costs grow every second: alone they trigger a snapshot at most this often
+NODE_COST_REFRESH_S = 10.0
+_NODE_COSTS = ("node_cost", "node_cost_always_on")
 MAX_RATE = 4.0  # snapshots per second, at most
 _INTERVAL = 1.0 / MAX_RATE
 
@@ -53,8 +63,24 @@ FUNCTION_FIELDS = (
     "cost_idle",
     "always_on_cost",
     "saving",
+    "waiting_for_node",
+    "waiting_for_node_s",
+    "keep_alive",
 )
-CLUSTER_FIELDS = ("address", "nodes", "cpus", "cpus_used", "gpus", "gpus_used")
+CLUSTER_FIELDS = (
+    "address",
+    "nodes",
+    "cpus",
+    "cpus_used",
+    "gpus",
+    "gpus_used",
+    "worker_nodes",
+    "nodes_pending",
+    "nodes_peak",
+    "autoscaling",
+    "node_cost",
+    "node_cost_always_on",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,19 +139,49 @@ def _meter_version() -> Any:
         from nbserverless.metering import budget
 
         b = budget._BUDGET
-        return (version, settings.get("budget"), b.warn, b.exceeded)
+        version = (version, settings.get("budget"), b.warn, b.exceeded)
     except Exception:
-        return version
+        pass
+    try:  # a wait for a node and the keep-alive change without a meter record
+        live = tuple(
+            (fm.waiting_for_node, int(fm.waiting_for_node_s or 0), fm.keep_alive_label)
+            for fm in m.functions()
+        )
+    except Exception:
+        live = ()
+    return (version, live)
+
+
+def _node_history(raw: Any) -> list[list[float]]:
+    """The last ``NODE_HISTORY_POINTS`` ``[time, nodes]`` pairs that are finite numbers."""
+    out: list[list[float]] = []
+    for p in raw if isinstance(raw, (list, tuple)) else ():
+        if isinstance(p, (list, tuple)) and len(p) == 2:
+            t, n = _json_scalar(p[0]), _json_scalar(p[1])
+            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (t, n)):
+                out.append([t, n])
+    return out[-NODE_HISTORY_POINTS:]
+
+
+def cluster_entry(summary: Any) -> dict[str, Any]:
+    """The snapshot's ``cluster`` from a ``cluster.summary()`` dict: only the schema's fields
+    (so nothing else the summary may hold, such as credentials, leaves the kernel).
+
+    Example: ``cluster_entry({"address": "local", "nodes": 1})["nodes_peak"]`` -> ``None``."""
+    src = summary if isinstance(summary, dict) else {}
+    out = _clean_dict({k: src[k] for k in CLUSTER_FIELDS if k in src}, CLUSTER_FIELDS)
+    out["node_history"] = _node_history(src.get("node_history"))
+    return out
 
 
 def _cluster_summary() -> dict[str, Any]:
     try:
         from nbserverless.core import cluster
 
-        return _clean_dict(cluster.summary(), CLUSTER_FIELDS)
+        return cluster_entry(cluster.summary())
     except Exception:
         log.debug("nbserverless comm: cluster.summary() failed", exc_info=True)
-        return _clean_dict({}, CLUSTER_FIELDS)
+        return cluster_entry({})
 
 
 def build_snapshot(
@@ -159,7 +215,7 @@ def build_snapshot(
         "type": "snapshot",
         "version": SCHEMA_VERSION,
         "time": _json_scalar(raw.get("time", now)) or now,
-        "cluster": _cluster_summary() if cluster is None else cluster,
+        "cluster": _cluster_summary() if cluster is None else cluster_entry(cluster),
         "functions": functions,
         "totals": totals,
     }
@@ -217,7 +273,7 @@ class _Channel:
         self._last_version: Any = object()
         self._target_registered = False
         # cluster.summary() can block while Ray starts; a probe thread keeps the latest one
-        self._cluster: dict[str, Any] = _clean_dict({}, CLUSTER_FIELDS)
+        self._cluster: dict[str, Any] = cluster_entry({})
         self._probe: threading.Thread | None = None
         self.sent = 0  # snapshots sent (for tests and debugging)
 
@@ -352,11 +408,17 @@ class _Channel:
     # -- sender ------------------------------------------------------------------------------
     def _probe_cluster(self) -> None:
         """Refresh the cluster summary about once a second; a change triggers a snapshot."""
+        costs_at = time.monotonic()
         while not self._stop.is_set():
             summary = _cluster_summary()
-            if summary != self._cluster:
+            old = self._cluster
+            if summary != old:
                 self._cluster = summary
-                self.request_refresh()
+                moved = [k for k in summary if summary.get(k) != old.get(k)]
+                due = time.monotonic() - costs_at >= NODE_COST_REFRESH_S
+                if due or any(k not in _NODE_COSTS for k in moved):
+                    costs_at = time.monotonic()
+                    self.request_refresh()
             self._stop.wait(1.0)
 
     def _run(self) -> None:

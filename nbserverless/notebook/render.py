@@ -35,6 +35,8 @@ __all__ = [
     "table_text",
     "sparkline_svg",
     "data_attr",
+    "waiting_text",
+    "keep_alive_text",
 ]
 
 ESTIMATE_NOTE = "cost = estimate from the price table (nbs.prices())"
@@ -51,13 +53,28 @@ SESSION_CAPTION = (
 )
 _INLINE_FIELDS = (
     "name", "invocations", "errors", "cancellations", "p50_ms", "p95_ms", "exec_p50_ms",
-    "replicas", "peak_replicas", "cost", "in_flight", "queued",
+    "replicas", "peak_replicas", "cost", "in_flight", "queued", "waiting_for_node",
+    "waiting_for_node_s", "keep_alive",
 )  # fmt: skip
 
 
 def duration(seconds: float | None) -> str:
     """A duration (ETA, elapsed time): ``duration(3725)`` -> ``'1h02m'``; ``None`` -> ``'–'``."""
     return fmt.seconds(seconds)
+
+
+def waiting_text(row: dict[str, Any]) -> str:
+    """``'waiting for a node (12.0 s)'`` while calls of ``row`` wait for a node to come up,
+    else ``''``. Example: ``waiting_text({"waiting_for_node": 2, "waiting_for_node_s": 12})``."""
+    if not row.get("waiting_for_node"):
+        return ""
+    return f"waiting for a node ({fmt.seconds(row.get('waiting_for_node_s') or 0.0)})"
+
+
+def keep_alive_text(row: dict[str, Any]) -> str:
+    """The keep-alive in force for ``row`` (``'keep-alive 40 s (learned)'``), or ``''``."""
+    v = row.get("keep_alive")
+    return v if isinstance(v, str) else ""
 
 
 def latency(snap: dict[str, Any], key: str) -> str:
@@ -122,13 +139,23 @@ def inline_html(snap: dict[str, Any], live: bool, caption: str = CELL_CAPTION) -
     )
     body = []
     for r, cells in zip(rows, inline_rows(snap), strict=True):
-        tds = [_cell(escape(cells[0]), right=False)]
+        name = escape(cells[0])
+        wait = waiting_text(r)
+        if wait:
+            name += (
+                f" <span class='nbserverless-waiting' style='color:#ef6c00'>· {escape(wait)}</span>"
+            )
+        ka = keep_alive_text(r)
+        tds = [_cell(name, right=False)]
         for i, c in enumerate(cells[1:], 1):
             c = escape(c)
             if i == 2 and r["errors"]:
                 c = f"<span style='color:#c62828'>{c}</span>"
             tds.append(_cell(c))
-        body.append(f"<tr data-function='{escape(str(r['name']), quote=True)}'>{''.join(tds)}</tr>")
+        title = f" title='{escape(ka, quote=True)}'" if ka else ""
+        body.append(
+            f"<tr data-function='{escape(str(r['name']), quote=True)}'{title}>{''.join(tds)}</tr>"
+        )
     total = snap.get("totals", {}).get("cost", 0.0)
     return (
         f"<div class='nbserverless-inline' data-state='{state}' "
@@ -161,28 +188,49 @@ def inline_text(snap: dict[str, Any], caption: str = CELL_CAPTION) -> str:
     if not snap.get("functions"):
         return "nbserverless: no remote calls in this cell"
     table = table_text(_INLINE_HEAD, inline_rows(snap))
+    notes = "".join(
+        f"\n{r['name']}: " + " · ".join(x for x in (waiting_text(r), keep_alive_text(r)) if x)
+        for r in snap.get("functions", [])
+        if waiting_text(r) or keep_alive_text(r)
+    )
     total = snap.get("totals", {}).get("cost", 0.0)
-    return f"{table}\ncell total ≈{money(total)} ({ESTIMATE_NOTE})\n{caption}"
+    return f"{table}{notes}\ncell total ≈{money(total)} ({ESTIMATE_NOTE})\n{caption}"
 
 
 def sparkline_svg(
-    values: Sequence[float], width: int = 180, height: int = 32, label: str = ""
+    values: Sequence[float],
+    width: int = 180,
+    height: int = 32,
+    label: str = "",
+    marks: Sequence[int] = (),
+    mark_label: str = "",
 ) -> str:
-    """A tiny inline SVG line plot (no plotting library); the last value is labelled."""
+    """A tiny inline SVG line plot (no plotting library); ``marks`` are indices of points to
+    dot (e.g. replica starts), each dot titled ``mark_label``."""
     vals = [float(v) for v in values if v == v]
     if len(vals) < 2:
         vals = (vals or [0.0]) * 2
     lo, hi = min(vals), max(vals)
     span = (hi - lo) or 1.0
     step = (width - 2) / (len(vals) - 1)
-    pts = " ".join(
-        f"{1 + i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}"
-        for i, v in enumerate(vals)
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return 1 + i * step, height - 2 - (v - lo) / span * (height - 4)
+
+    pts = " ".join("{:.1f},{:.1f}".format(*xy(i, v)) for i, v in enumerate(vals))
+    title = escape(mark_label, quote=True)
+    dots = "".join(
+        "<circle class='nbserverless-mark' cx='{:.1f}' cy='{:.1f}' r='2' fill='#ef6c00'>".format(
+            *xy(i, vals[i])
+        )
+        + f"<title>{title}</title></circle>"
+        for i in sorted(set(marks))
+        if 0 <= i < len(vals)
     )
     return (
         f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
         f"role='img' aria-label='{escape(label, quote=True)}'>"
-        f"<polyline points='{pts}' fill='none' stroke='#1976d2' stroke-width='1.5'/></svg>"
+        f"<polyline points='{pts}' fill='none' stroke='#1976d2' stroke-width='1.5'/>{dots}</svg>"
     )
 
 

@@ -11,10 +11,11 @@ Where ipywidgets cannot render (terminal IPython, plain Python, Colab) the same 
 back to text/HTML, following Ray's ``repr_with_fallback``: rich output only in a
 ``ZMQInteractiveShell`` with ipywidgets importable.
 
+The live dashboard is ``notebook/dashboard.py``.
+
 Example::
 
     %load_ext nbserverless          # inline widgets on
-    nbs.dashboard()                 # the live dashboard
 """
 
 from __future__ import annotations
@@ -23,23 +24,17 @@ import importlib.util
 import logging
 import sys
 import threading
-import time
-import weakref
-from collections import deque
 from typing import Any
 
 from ..metering import budget as _budget_mod
-from ..metering import format as fmt
 from ..metering.meter import METER, FunctionMeter, Scope
 from . import render
 
-__all__ = ["register", "unregister", "dashboard", "Dashboard", "InlineView", "rich_display"]
+__all__ = ["register", "unregister", "InlineView", "rich_display", "with_live"]
 
 log = logging.getLogger(__name__)
 
 INLINE_INTERVAL = 0.3  # s between inline refreshes (≤ ~3.3 updates/s whatever the call rate)
-DASHBOARD_INTERVAL = 0.5  # s between dashboard refreshes (≤ 2/s)
-HISTORY_POINTS = 240  # dashboard plot length (one point per second: 4 minutes)
 
 
 def rich_display(shell: Any = None) -> bool:
@@ -69,6 +64,32 @@ def _budget_line() -> str:
     return _budget_mod.warning()
 
 
+_LIVE_FIELDS = ("waiting_for_node", "waiting_for_node_s", "keep_alive")
+
+
+def _live_state() -> tuple:
+    """What the views show besides ``METER.version``: the waits for a node (whole seconds)
+    and the keep-alive in force, which change without a meter record."""
+    return tuple(
+        (fm.waiting_for_node, int(fm.waiting_for_node_s or 0), fm.keep_alive_label)
+        for fm in METER.functions()
+    )
+
+
+def with_live(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` (a scope's snapshot) with each row's current wait for a node and keep-alive
+    from its function's meter. Example: ``with_live(scope.snapshot())["functions"][0]``."""
+    fms = {(fm.name, fm.kind): fm for fm in METER.functions()}
+    rows = []
+    for r in snap.get("functions", []):
+        fm = fms.get((r.get("name"), r.get("kind")))
+        if fm is not None and any(k not in r for k in _LIVE_FIELDS):
+            r = {**r, "waiting_for_node": fm.waiting_for_node,
+                 "waiting_for_node_s": fm.waiting_for_node_s, "keep_alive": fm.keep_alive_label}  # fmt: skip
+        rows.append(r)
+    return {**snap, "functions": rows}
+
+
 def _display(obj: Any, **kw: Any) -> Any:
     from IPython.display import display
 
@@ -86,13 +107,13 @@ class InlineView:
         self.final: dict[str, Any] | None = None
         self.updates = 0  # number of value changes after the first render
         self._lock = threading.Lock()
-        self._version = -1
+        self._version: Any = -1
         self._handle: Any = None
         self.widget: Any = None
         if rich:
             import ipywidgets
 
-            self.widget = ipywidgets.HTML(value=self._html(scope.snapshot(), live=True))
+            self.widget = ipywidgets.HTML(value=self._html(with_live(scope.snapshot()), True))
             self.widget.add_class("nbserverless-inline")
 
     def show(self) -> None:
@@ -103,10 +124,11 @@ class InlineView:
     def refresh(self) -> bool:
         """Re-render from the scope if the meter changed; True if the value changed."""
         with self._lock:
-            if not self.live or self.widget is None or METER.version == self._version:
+            version = (METER.version, _live_state())
+            if not self.live or self.widget is None or version == self._version:
                 return False
-            self._version = METER.version
-            html = self._html(self.scope.snapshot(), live=True)
+            self._version = version
+            html = self._html(with_live(self.scope.snapshot()), live=True)
             if html == self.widget.value:
                 return False
             self.widget.value = html
@@ -118,7 +140,13 @@ class InlineView:
         with self._lock:
             if self.live:
                 self.live = False
-                self.final = self.scope.close()
+                final = self.scope.close()
+                # the keep-alive stays in the frozen view; a wait for a node is over or
+                # belongs to a later cell
+                live = with_live(final)
+                self.final = {**live, "functions": [
+                    {**r, "waiting_for_node": 0, "waiting_for_node_s": 0.0}
+                    for r in live["functions"]]}  # fmt: skip
                 if self.widget is not None:
                     self.widget.value = self._html(self.final, live=False)
                     if self._handle is not None:
@@ -151,7 +179,7 @@ class InlineView:
         return render.inline_text(snap) + (f"\n⚠ {warn}" if warn else "")
 
     def _snap(self) -> dict[str, Any]:
-        return self.final if self.final is not None else self.scope.snapshot()
+        return self.final if self.final is not None else with_live(self.scope.snapshot())
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         data = {
@@ -261,200 +289,3 @@ def unregister(ip: Any) -> None:
         METER.on_activity = None
     INLINE.post_run_cell()
     INLINE.stop()
-
-
-# ---- dashboard ----------------------------------------------------------------------------
-
-
-def _cluster() -> dict[str, Any]:
-    zeros = {"address": "not connected", "nodes": 0, "cpus": 0, "cpus_used": 0,
-             "gpus": 0, "gpus_used": 0}  # fmt: skip
-    try:
-        from ..core import cluster
-
-        return {**zeros, **cluster.summary()}
-    except Exception:
-        return zeros
-
-
-class Dashboard:
-    """All functions of this kernel, the cluster, totals, platform overhead, and plots of
-    replicas and latency over time. Live in a notebook (≤ 2 refreshes/s), a text table
-    elsewhere. Example: ``d = nbs.dashboard(); d.refresh(); d.close()``."""
-
-    def __init__(self, rich: bool | None = None, interval: float = DASHBOARD_INTERVAL) -> None:
-        self.rich = rich_display() if rich is None else rich
-        self.interval = interval
-        self.history: deque = deque(maxlen=HISTORY_POINTS)  # (t, replicas, latency_ms, calls/s)
-        self._prev: tuple[float, int, float] | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.snapshot: dict[str, Any] = {}
-        self.cluster: dict[str, Any] = {}
-        self.widget: Any = None
-        self.updates = 0
-        self._sample(force=True)
-        if self.rich:
-            import ipywidgets
-
-            self.widget = ipywidgets.HTML(value=self.html())
-            self.widget.add_class("nbserverless-dashboard")
-            self._thread = threading.Thread(
-                target=_dashboard_loop, args=(weakref.ref(self),), daemon=True,
-                name="nbserverless-dashboard",
-            )  # fmt: skip
-            self._thread.start()
-
-    def _sample(self, force: bool = False) -> None:
-        now = time.time()
-        snap = METER.snapshot(now)
-        tot = snap["totals"]
-        calls = tot["invocations"]
-        lat_sum = sum(f.get("latency_sum_s", 0.0) for f in snap["functions"])
-        with self._lock:
-            self.snapshot, self.cluster = snap, _cluster()
-            if self._prev is None or force or now - self._prev[0] >= 1.0:
-                t0, n0, s0 = self._prev or (now, calls, lat_sum)
-                dn, dt = calls - n0, max(now - t0, 1e-9)
-                lat = (lat_sum - s0) / dn * 1e3 if dn > 0 else 0.0
-                rate = dn / dt if self._prev is not None else 0.0
-                self.history.append((now, tot["replicas"] + tot["platform_replicas"], lat, rate))
-                self._prev = (now, calls, lat_sum)
-
-    def refresh(self) -> bool:
-        """Sample the meter and the cluster, re-render; True if the widget value changed."""
-        self._sample()
-        if self.widget is None:
-            return False
-        html = self.html()
-        if html == self.widget.value:
-            return False
-        self.widget.value = html
-        self.updates += 1
-        return True
-
-    def close(self) -> None:
-        """Stop refreshing (the last rendering stays)."""
-        self._stop.set()
-
-    def _rows(self) -> list[tuple]:
-        c, lat = render.count, render.latency
-        return [
-            (f["name"], f["kind"], c(f["invocations"]), c(f["errors"]), c(f["cancellations"]),
-             c(f["in_flight"] + f["queued"]), f"{c(f['replicas'])} / {c(f['peak_replicas'])}",
-             lat(f, "exec_p50_ms"), lat(f, "p50_ms"), lat(f, "p95_ms"), lat(f, "p99_ms"),
-             render.money(f["cost"]), render.money(f["always_on_cost"]),
-             render.percent(f["saving"] if f["always_on_cost"] else None))
-            for f in self.snapshot.get("functions", [])
-        ]  # fmt: skip
-
-    _HEAD = ("function", "kind", "calls", "errors", "cancelled", "pending", "replicas now/peak",
-             "p50 run", "p50 total", "p95 total", "p99 total", "cost (est.)",
-             "always-on (est.)", "saving")  # fmt: skip
-
-    def _summary(self) -> str:
-        c, t = self.cluster, self.snapshot.get("totals", {})
-        return (
-            f"cluster {c['address']}: {c['nodes']} node(s), CPUs {c['cpus_used']:g}/{c['cpus']:g}, "
-            f"GPUs {c['gpus_used']:g}/{c['gpus']:g} in use; replicas {t.get('replicas', 0)} "
-            f"(+{t.get('platform_replicas', 0)} prewarmed) · calls "
-            f"{render.count(t.get('invocations', 0))} · cost ≈{render.money(t.get('cost'))} + "
-            f"platform ≈{render.money(t.get('platform_cost'))} (estimates)"
-        )
-
-    def _budget(self) -> str:
-        return _budget_line()
-
-    def text(self) -> str:
-        """The plain-text dashboard."""
-        with self._lock:
-            rows, summary = self._rows(), self._summary()
-        table = render.table_text(self._HEAD, rows) if rows else "(no functions yet)"
-        budget = self._budget()
-        return (
-            f"nbserverless dashboard\n{summary}\n"
-            + (f"⚠ {budget}\n" if budget else "")
-            + f"{table}\n({render.ESTIMATE_NOTE})\n{render.SESSION_CAPTION}"
-        )
-
-    def html(self) -> str:
-        """The HTML dashboard (also the widget's value)."""
-        from html import escape
-
-        with self._lock:
-            rows, summary, hist = self._rows(), self._summary(), list(self.history)
-            names = [f["name"] for f in self.snapshot.get("functions", [])]
-        th = "".join(f"<th style='padding:1px 6px'>{escape(h)}</th>" for h in self._HEAD)
-        body = "".join(
-            f"<tr data-function='{escape(n, quote=True)}'>"
-            + "".join(
-                f"<td style='padding:1px 6px;text-align:right'>{escape(str(c))}</td>" for c in r
-            )  # fmt: skip
-            + "</tr>"
-            for n, r in zip(names, rows, strict=False)
-        )
-        plots = "".join(
-            f"<div style='display:inline-block;margin-right:16px'><small>{label}: "
-            f"{show(vals[-1] if vals else 0)}</small><br>{render.sparkline_svg(vals, label=label)}</div>"
-            for label, vals, show in (
-                ("replicas", [h[1] for h in hist], lambda v: f"{v:g}"),
-                ("mean latency", [h[2] for h in hist], render.ms),
-                ("calls/s", [h[3] for h in hist], lambda v: fmt.sig(v, 3)),
-            )
-        )
-        budget = self._budget()
-        warn = (
-            f"<div class='nbserverless-budget' role='alert' style='background:#fff3e0;"
-            f"border-left:3px solid #ef6c00;padding:2px 6px'>⚠ {escape(budget)}</div>"
-            if budget
-            else ""
-        )
-        return (
-            "<div class='nbserverless-dashboard' style='font-size:12px'>"
-            f"<b>nbserverless</b> · {escape(summary)}{warn}<div>{plots}</div>"
-            f"<table style='border-collapse:collapse'><thead><tr>{th}</tr></thead>"
-            f"<tbody>{body}</tbody></table>"
-            f"<div style='opacity:.65'>{escape(render.ESTIMATE_NOTE)}</div>"
-            f"<div class='nbserverless-caption' style='opacity:.65'>"
-            f"{escape(render.SESSION_CAPTION)}</div></div>"
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        data = {"text/plain": self.text(), "text/html": self.html()}
-        if self.widget is not None:
-            data.update(self.widget._repr_mimebundle_() or {})
-            data["text/plain"] = self.text()
-        return data
-
-    def __repr__(self) -> str:
-        return self.text()
-
-
-_DASHBOARDS: list[weakref.ref] = []
-MAX_LIVE_DASHBOARDS = 2
-
-
-def _dashboard_loop(ref: weakref.ref) -> None:
-    while True:
-        d = ref()
-        if d is None or d._stop.is_set():
-            return
-        stop, interval = d._stop, d.interval
-        try:
-            d.refresh()
-        except Exception:
-            log.debug("dashboard refresh failed", exc_info=True)
-        del d
-        if stop.wait(interval):
-            return
-
-
-def dashboard(rich: bool | None = None) -> Dashboard:
-    """The live dashboard widget (``nbs.dashboard()``, ``%serverless status``). Only the two
-    newest dashboards keep refreshing; older ones keep their last rendering."""
-    d = Dashboard(rich=rich)
-    live = [r for r in _DASHBOARDS if r() is not None and not r()._stop.is_set()]
-    for r in live[: max(0, len(live) - MAX_LIVE_DASHBOARDS + 1)]:
-        r().close()
-    _DASHBOARDS[:] = [*live[-(MAX_LIVE_DASHBOARDS - 1) :], weakref.ref(d)]
-    return d
