@@ -77,11 +77,14 @@ def test_ray_itself_rejects_what_we_reject():
         ray.remote(type("Probe", (), {})).options(num_cpus=0.00001)
 
 
-def test_config_defaults_are_validated_when_used():
-    nbs.config(cpus=0.00001)
+def test_config_defaults_are_validated_when_set():
+    """A bad default fails where it is set, naming it, and leaves the defaults as they were."""
+    before = nbs.config()
     try:
         with pytest.raises(ValueError, match="cpus=1e-05"):
-            nbs.remote(lambda: 1)
+            nbs.config(cpus=0.00001)
+        assert nbs.config() == before
+        assert nbs.remote(lambda: 1).options.cpus == before["cpus"]
     finally:
         nbs.config.reset()
 

@@ -163,6 +163,11 @@ def validate(value: Any) -> float | None:
     Example: ``validate(0.5)`` -> ``0.5``; ``validate("a lot")`` raises."""
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError("budget is too large: give USD, e.g. budget=0.50") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(
             f"budget must be a number of USD (e.g. budget=0.50) or None, got {value!r}"
