@@ -365,9 +365,12 @@ class MapRun:
                     else:
                         index = where + i if isinstance(where, int) else where[i]
                         raise label_failure(exc, index, self._errors)
+            self._bar.update(self._completed, self._errors)
             self._bar.close(True)
         except BaseException:
             self.cancel()
+            # the reply's thread may not have updated the bar yet: close with the counts
+            self._bar.update(self._completed, self._errors)
             self._bar.close(False)
             raise
         finally:
