@@ -369,8 +369,12 @@ class MapRun:
             self._bar.close(True)
         except BaseException:
             self.cancel()
-            # the reply's thread may not have updated the bar yet: close with the counts
-            self._bar.update(self._completed, self._errors)
+            # items read and not finished were cancelled, not failed; the reply's thread may
+            # not have updated the bar yet: close it with the map's own counts
+            with self._cond:
+                done, errors, read = self._completed, self._errors, self._next_in
+            self._bar.cancelled = max(0, read - done)
+            self._bar.update(done, errors)
             self._bar.close(False)
             raise
         finally:

@@ -113,12 +113,12 @@ class ProgressBar:
         that never ran count as cancelled."""
         total = self.total
         calls, cost, cancels = self._meter_numbers()
-        cancelled = self.cancelled
-        if cancelled is None:
-            cancelled = max(0, cancels - self._start_cancels)
-        cancelled = min(cancelled, self.done)
-        errors = max(0, self.errors - (0 if self.cancelled is not None else cancelled))
-        done = self.done - cancelled
+        if self.cancelled is not None:  # counted apart by the caller (a map that stopped)
+            cancelled, errors, done = self.cancelled, self.errors, self.done
+        else:  # the caller counted cancelled items among its failures: the meter tells them
+            cancelled = min(max(0, cancels - self._start_cancels), self.done)
+            errors = max(0, self.errors - cancelled)
+            done = self.done - cancelled
         if final and not self.ok and total is not None:
             cancelled = max(cancelled, total - done)  # never ran: cancelled, not failed
         elapsed = max(time.monotonic() - self._t0, 1e-9)
