@@ -126,7 +126,7 @@ def test_the_last_expression_is_the_cell_result_with_rich_reprs(ip):
     ip.user_ns["base"] = 40
     res = run(ip, "%%serverless --cpus 0.25\nbase + 2")
     assert res.success and res.result == 42
-    assert ip.user_ns["_"] == 42  # a normal Out[] value
+    assert ip.user_ns["Out"][res.execution_count] == 42  # a normal Out[] value
     res = run(ip, "%%serverless --cpus 0.25\nbase + 2;")
     assert res.success and res.result is None
     cell = (
