@@ -119,3 +119,28 @@ def test_sigkill_of_a_kernel_leaves_no_process():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_redefined_functions_leave_nothing_behind(ray_cluster):
+    """A function redefined again and again (a cell re-run) and called once each time: one
+    meter row, no pool left in the loop and no replica once the keep-alive has passed."""
+    import nbserverless as nbs
+    from nbserverless.core.loop import registry
+    from nbserverless.metering.meter import METER
+
+    before = len(registry.all())
+    for i in range(12):
+
+        def again(x, i=i):
+            return x + i
+
+        again.__module__, again.__qualname__ = "__main__", "again_redefined"
+        f = nbs.remote(cpus=0.1, keep_alive=1)(again)
+        assert f(1) == 1 + i  # the newest definition runs
+    rows = [r for r in METER.snapshot()["functions"] if r["name"] == "again_redefined"]
+    assert len(rows) == 1 and rows[0]["invocations"] == 12
+    wait_until(
+        lambda: f.stats()["replicas"] == 0 and len(registry.all()) <= before,
+        timeout=60,
+        what="the redefined function's pools and replicas gone",
+    )
