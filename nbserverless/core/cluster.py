@@ -301,11 +301,6 @@ def autoscaling() -> bool:
     return autoscaler.present(address())
 
 
-def can_autoscale() -> bool:
-    """Old name of ``autoscaling()``."""
-    return autoscaling()
-
-
 def summary() -> dict[str, Any]:
     """Nodes and CPUs/GPUs in use, cached for about a second. Safe from any thread.
 

@@ -276,7 +276,7 @@ def bind_host(host: str | None = None) -> str:
         return LOOPBACK
     try:
         nodes = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
-        if nodes and all(is_local_address(ip) for ip in nodes) and not cluster.can_autoscale():
+        if nodes and all(is_local_address(ip) for ip in nodes) and not cluster.autoscaling():
             return LOOPBACK
     except Exception as exc:  # unknown: listen where replicas on other nodes can reach
         log.debug("cannot list the cluster's nodes: %s", exc)

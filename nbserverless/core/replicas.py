@@ -79,19 +79,7 @@ class ReplicaSet:
         self._outbox.append(lambda: self._launch_claim(rep))
 
     def _launch_start(self, rep: Rep) -> None:
-        o = self.options
-        opts: dict[str, Any] = {
-            "num_cpus": o.cpus,
-            "num_gpus": o.gpus,
-            "max_concurrency": o.concurrency,
-            "max_restarts": 0,
-            "max_task_retries": 0,
-        }
-        if o.memory:
-            opts["memory"] = o.memory
-        runtime_env = o.runtime_env()
-        if runtime_env:
-            opts["runtime_env"] = runtime_env
+        opts = self.options.ray_actor_options()  # the one place they are built
         try:
             actor = ReplicaActor.options(**opts).remote(rep.rid, ROUTER.address)
         except Exception as exc:  # Ray refused the request itself: no retry can help
