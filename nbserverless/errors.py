@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .worker.codec import SerializationError  # noqa: F401  (raised on both sides; defined there)
+
 
 class RemoteError(Exception):
     """Base class of infrastructure failures: a replica or node died, a timeout, an
@@ -45,10 +47,6 @@ class RemoteExitError(RemoteError):
 class BudgetExceededError(RemoteError):
     """The session's cost budget (``nbs.config(budget=...)``) is spent: new calls are
     refused until it is raised. The message says what was spent and how to raise it."""
-
-
-class SerializationError(TypeError):
-    """An argument, closure or result that cannot be pickled; the message names the object."""
 
 
 class RemoteTraceback(Exception):

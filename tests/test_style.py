@@ -17,3 +17,28 @@ def test_ruff_is_clean(command):
     assert ruff, "ruff is part of the test extra: pip install -e '.[test]'"
     proc = subprocess.run([ruff, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute names of every module ``path`` imports (relative imports resolved)."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            mod = ".".join(base) if node.level else ""
+            out.append(".".join(p for p in (mod, node.module or "") if p))
+    return out
+
+
+def test_the_worker_imports_nothing_from_the_kernel_side():
+    # DESIGN.md: what runs on the cluster (nbserverless/worker) never imports the kernel side
+    # (core, handles, metering, notebook, errors ...), so a replica loads only what it needs
+    for path in sorted((ROOT / "nbserverless" / "worker").glob("*.py")):
+        ours = [m for m in _imports(path) if m.split(".")[0] == "nbserverless"]
+        bad = [m for m in ours if not m.startswith("nbserverless.worker")]
+        assert not bad, f"{path.name} imports {bad}"

@@ -24,6 +24,14 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
+
+class SerializationError(TypeError):
+    """An argument, closure or result that cannot be pickled; the message names the object.
+
+    Defined here (the worker imports nothing from the kernel side) and re-exported as
+    ``nbserverless.SerializationError``."""
+
+
 #: types whose instances plain pickle handles exactly like cloudpickle (and faster)
 PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
@@ -96,8 +104,6 @@ def decode_reply(kind: str, ok: bool, value: Any) -> tuple[bool, Any]:
             return True, [decode(value[0]), value[1]]
         return True, decode(value)
     except Exception as exc:
-        from ..errors import SerializationError
-
         return False, SerializationError(
             f"a result could not be rebuilt in the kernel ({type(exc).__name__}: {exc}); is "
             "the module that defines it importable here?"

@@ -77,8 +77,6 @@ def _format_tb(exc: BaseException, names: dict[str, str]) -> str:
 
 
 def _serialization_error(what: str, value: Any, exc: BaseException) -> UserError:
-    from ..errors import SerializationError
-
     if isinstance(value, list):  # a batch's results: name the first that cannot be pickled
         for item in value:
             try:
@@ -87,7 +85,7 @@ def _serialization_error(what: str, value: Any, exc: BaseException) -> UserError
                 value, exc = item, item_exc
                 break
     kind = type(value)
-    err = SerializationError(
+    err = codec.SerializationError(
         f"{what} cannot be pickled: a {kind.__module__}.{kind.__qualname__} "
         f"({type(exc).__name__}: {_first_line(exc)}). Return plain data instead (convert it, "
         "or build such objects in the kernel)."
