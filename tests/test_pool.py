@@ -441,6 +441,29 @@ def test_no_ray_call_that_creates_or_removes_runs_under_a_pool_lock(ray_cluster,
     assert not [name for name, under_lock in seen if under_lock]
 
 
+def test_map_chunks_are_pickled_outside_the_pool_lock(ray_cluster, monkeypatch):
+    # pickling a chunk of map items can take long (large items): under the pool lock it would
+    # stall every reply, dispatch and tick of that function meanwhile
+    from nbserverless.core import pool as pool_mod
+
+    @nbs.remote(cpus=0.25, keep_alive=0.3)
+    def echo(x):
+        return x
+
+    pool = echo._get_pool()
+    seen: list[bool] = []
+    real = pool_mod.codec.dumps
+
+    def spy(value, *args, **kwargs):
+        seen.append(pool.lock._is_owned())
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(pool_mod.codec, "dumps", spy)
+    items = [b"x" * 1000] * 200
+    assert list(echo.map(items, progress=False)) == items
+    assert seen and not any(seen), f"{seen.count(True)} of {len(seen)} chunks under the lock"
+
+
 def test_keep_alive_auto_learns_from_the_functions_idle_gaps(ray_cluster):
     """keep_alive="auto": the fixed fallback while learning, then a keep-alive learned from
     the idle gaps (core/keepalive.py), shown in stats() and applied by the pool."""

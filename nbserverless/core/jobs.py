@@ -20,7 +20,7 @@ class Job:
 
     __slots__ = ("kind", "method", "payload", "n", "star", "done", "sink", "t_submit",
                  "t_dispatch", "cold", "attempts", "rep", "ref", "call_id", "deadline",
-                 "pipelined", "cancelled", "finished", "error", "exec_s")  # fmt: skip
+                 "pipelined", "cancelled", "finished", "error", "exec_s", "blob")  # fmt: skip
 
     def __init__(self, kind: str, method: str | None, payload: Any, n: int, done: DoneFn, *,
                  star: bool = False, sink: Sink | None = None, pipelined: bool = False):  # fmt: skip
@@ -44,3 +44,4 @@ class Job:
         self.finished = False  # settled: set once, under the pool lock
         self.error: BaseException | None = None  # set when it could not be sent
         self.exec_s = 0.0  # execution time the replica measured
+        self.blob: bytes | None = None  # a chunk's or batch's payload, pickled before the lock

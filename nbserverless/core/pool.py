@@ -54,7 +54,7 @@ def _send(actor: Any, job: Job, code: Any) -> Any:
     when it re-pickled changed code (fresh code; None when unchanged)."""
     if job.kind == "call":
         return actor.call.remote([job.method, codec.call_payload(job.payload), job.call_id, code])
-    blob = codec.dumps(job.payload)
+    blob = job.blob if job.blob is not None else codec.dumps(job.payload)
     if job.kind == "batch":
         return actor.batch.remote(job.method, blob, job.call_id, code)
     return actor.chunk.remote(job.method, blob, job.star, job.call_id, code)
@@ -176,6 +176,11 @@ class Pool(Settling, Scaling, ReplicaSet):
 
     def submit(self, job: Job) -> None:
         """Dispatch at once if a replica has room, else queue (and scale up)."""
+        if job.kind != "call" and job.blob is None:  # pickle a chunk here, not under the lock
+            try:
+                job.blob = codec.dumps(job.payload)
+            except Exception:
+                pass  # _send tries again under the lock and reports which item cannot go
         self.meter.submitted(job.n)
         self._observe_call(time.monotonic())
         with self._locked():
