@@ -167,7 +167,7 @@ NODE_DIES = textwrap.dedent(
         return i, ray.get_runtime_context().get_node_id()
 
     N = 2000
-    results, nodes, killed = [], [], None
+    results, nodes, killed, before = [], [], None, []
     for i, node in item.map(range(N), progress=False):
         results.append(i)
         if node not in nodes:
@@ -177,11 +177,15 @@ NODE_DIES = textwrap.dedent(
             pid = raylet_pid(victim)
             if pid is not None and victim != head:
                 os.kill(pid, signal.SIGKILL)  # the node dies mid-map
-                killed = victim
+                killed, before = victim, list(nodes)
     say("killed", killed is not None)
     say("nodes", len(nodes))
+    # the autoscaler replaced the dead node: a node that was not there before the kill ran
+    # part of the map
+    say("replaced", any(n not in before for n in nodes))
     say("exactly_once", results == list(range(N)))
     s = item.stats()
+    say("retries", s["retries"])
     say("counts", {k: s[k] for k in ("in_flight", "queued", "waiting_for_node")})
     nbs.shutdown()
     """
@@ -191,9 +195,14 @@ NODE_DIES = textwrap.dedent(
 @pytest.mark.timeout(900)
 def test_a_node_dies_mid_map_and_every_result_arrives_once():
     # a 2,000-item map across two worker nodes; one node's raylet is SIGKILLed midway: the
-    # calls on it run again elsewhere (retries) and every item returns its own index once
-    with AutoscalingCluster() as c:
+    # calls on it run again elsewhere (retries), every item returns its own index once, and
+    # the autoscaler brings up a node in its place that takes part of the rest
+    # the autoscaler gives up on a node that sent no heartbeat for 10 s (Ray's default is 30 s,
+    # longer than the rest of the map when the machine is loaded)
+    with AutoscalingCluster(extra_env={"AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10"}) as c:
         out = _run_driver(c, NODE_DIES, timeout=800)
-    assert out["killed"] is True and out["nodes"] >= 2
+    assert out["killed"] is True and out["nodes"] >= 2, out
     assert out["exactly_once"] is True
+    assert out["retries"] >= 1  # the calls that were on the dead node ran again
+    assert out["replaced"] is True, out
     assert out["counts"] == {"in_flight": 0, "queued": 0, "waiting_for_node": 0}

@@ -486,3 +486,27 @@ def test_keep_alive_auto_learns_from_the_functions_idle_gaps(ray_cluster):
     assert label.startswith("keep-alive")
     with pytest.raises(ValueError, match="keep_alive"):
         nbs.remote(keep_alive="sometimes")(lambda x: x)
+
+
+def test_a_start_lost_with_its_node_is_told_apart_from_a_replica_that_failed():
+    # an autoscaler may remove a node it has just added while a replica is being placed there
+    # (Ray's "Terminated by autoscaler"; raw Ray actors fail then): the pool starts another
+    # without counting it against `retries`; a process that died by itself still counts
+    from ray import exceptions as rex
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext, NodeDeathInfo
+
+    from nbserverless.core.replicas import node_lost
+
+    def died(message: str, **kw) -> rex.ActorDiedError:
+        ctx = ActorDiedErrorContext(error_message=message, class_name="Replica",
+                                    actor_id=b"\0" * 16, **kw)  # fmt: skip
+        return rex.ActorDiedError(ctx)
+
+    removed = died("The actor died because its node has died. Node Id: ff\n\tthe actor's node "
+                   "was terminated expectedly: Terminated by autoscaler.", never_started=True)  # fmt: skip
+    drained = died(
+        "", node_death_info=NodeDeathInfo(reason=NodeDeathInfo.AUTOSCALER_DRAIN_PREEMPTED)
+    )
+    assert node_lost(removed) and node_lost(drained) and node_lost(rex.NodeDiedError("n"))
+    assert not node_lost(died("Worker exited unexpectedly: SIGKILL (out of memory?)"))
+    assert not node_lost(ValueError("bad options"))

@@ -93,6 +93,7 @@ class Pool(Settling, Scaling, ReplicaSet):
         self.starts = 0  # replicas ever asked for (started or claimed)
         self.claims = 0  # of which claimed from the warm stock
         self.start_failures = 0  # failed starts in a row
+        self.nodes_lost = 0  # starts in a row whose node went away before the replica ran
         self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
         self.keep_alive_s: policy.KeepAliveFn = policy.fixed_keep_alive
         self.learner: LearnedKeepAlive | None = None  # keep_alive="auto"

@@ -9,6 +9,9 @@ lock: methods named ``*_locked`` queue them on ``pool._outbox``, run once the lo
 
 A crash while a replica starts (its process killed, its ``__init__``'s process killed) does not
 fail the queued calls: another replica starts, up to ``retries`` + 1 failed starts in a row.
+A start whose node went away before the replica ran (an autoscaler removing a node it had just
+added, a node lost) says nothing about the function: it is tried again, up to
+``NODE_LOSSES`` in a row.
 
 Example: ``ReplicaSet`` is a base of ``Pool``; ``pool._start_locked()`` asks for one replica.
 """
@@ -28,6 +31,7 @@ from .completions import on_ready as _on_ready
 from .output import ROUTER
 
 ReplicaActor = ray.remote(Replica)
+NODE_LOSSES = 10  # starts in a row lost with their node before a replica is given up
 DEATH_ERRORS = (
     rex.RayActorError,
     rex.WorkerCrashedError,
@@ -158,6 +162,7 @@ class ReplicaSet:
             self.start_s = 0.5 * (self.start_s + took)
         rep.last_idle = time.monotonic()
         self.start_failures = 0
+        self.nodes_lost = 0
         self._record_count_locked()
 
     def _on_loaded(self, rep: Rep, fut: Any) -> None:
@@ -190,14 +195,20 @@ class ReplicaSet:
             if rep.state == "dead" and not fatal:
                 return  # stopped on purpose (keep-alive, timeout, shutdown)
             self._stop_locked(rep)
-            self.start_failures += 1
-            give_up = fatal or self.start_failures > self.options.retries
+            if not fatal and node_lost(exc):
+                self.nodes_lost += 1
+                give_up = self.nodes_lost > NODE_LOSSES
+                tries = self.nodes_lost
+            else:
+                self.start_failures += 1
+                give_up = fatal or self.start_failures > self.options.retries
+                tries = self.start_failures
             failed = self._take_queue_locked() if give_up else []
             if not give_up:
                 self._scale_locked()
         if failed:
             err = RemoteError(
-                f"{self.name}: a replica could not start ({self.start_failures} failed "
+                f"{self.name}: a replica could not start ({tries} failed "
                 f"start(s) in a row): {start_cause(exc)}"
             )
             for job in failed:
@@ -258,6 +269,17 @@ def death_cause(exc: BaseException) -> str:
     if isinstance(exc, rex.OutOfMemoryError):
         return "out of memory: " + _first_line(exc) + " (ask for more with memory=...)"
     return _first_line(exc)
+
+
+def node_lost(exc: BaseException) -> bool:
+    """Whether a replica's start failed because its node went away (removed by the
+    autoscaler, or lost) rather than because of the replica itself."""
+    if isinstance(exc, rex.NodeDiedError):
+        return True
+    if isinstance(exc, rex.ActorDiedError) and not getattr(exc, "actor_init_failed", False):
+        text = str(exc)
+        return bool(getattr(exc, "preempted", False)) or "node has died" in text
+    return False
 
 
 def start_cause(exc: BaseException) -> str:
