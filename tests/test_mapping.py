@@ -290,3 +290,26 @@ def test_a_blocking_input_does_not_hold_back_results(ray_cluster):
         consumed.set()
     assert out == list(range(20))
     assert waited == [True], "no result reached the caller while the input was being read"
+
+
+def test_a_long_map_counts_its_unsent_items_as_backlog(ray_cluster):
+    # the feeder sends a read-ahead window only; the rest of the map is work the scaling
+    # policy must see, or a replica lost mid-map (a node that died) is never replaced when
+    # starting one takes longer than the window's work
+    import time
+
+    @nbs.remote(cpus=0.25, max_replicas=1, keep_alive=0.3)
+    def slow(x):
+        time.sleep(0.01)
+        return x
+
+    n = 3000
+    results = iter(slow.map(range(n), progress=False))
+    first = next(results)
+    pool = slow._get_pool()
+    with pool.lock:
+        backlog = pool._demand_locked().queued_items
+        sent = sum(j.n for j in pool.queue) + sum(j.n for r in pool.reps.values() for j in r.jobs)
+    assert sent < n // 2 and backlog >= n // 2, (sent, backlog)
+    assert [first, *results] == list(range(n))
+    assert pool.held == {}  # a finished map holds nothing back

@@ -233,6 +233,7 @@ class MapRun:
                         jobs = [self._job(start, chunk)]
                     self._inflight.update(jobs)
                 self._cond.notify_all()
+            self.pool.hold(id(self), self._held())
             for k, job in enumerate(jobs):
                 try:
                     budget.check()  # a map started before the budget was spent stops there
@@ -243,8 +244,18 @@ class MapRun:
             if self._exhausted:
                 return
 
+    def _held(self) -> int:
+        """Items still to send after this chunk: the rest of a sized input, a window more of
+        an unsized one that is not exhausted, else 0 (read without our lock: an estimate)."""
+        if self._exhausted or self._closed:
+            return 0
+        if self.total is not None:
+            return max(0, self.total - self._next_in)
+        return self._max_jobs() * max(self._chunk_size(), 1)
+
     def _submit_failed(self, jobs: list[Job], exc: BaseException) -> None:
         """Jobs that could not be sent fail as items (the map raises ``exc`` for them)."""
+        self.pool.hold(id(self), 0)
         for job in jobs:
             job.done(job, False, exc)
         with self._cond:
@@ -410,6 +421,7 @@ class MapRun:
             self._cond.notify_all()
         if threading.current_thread() is not self._feeder_thread:
             self._feeder_thread.join(WAIT_SLICE_S)  # unless the input itself blocks
+        self.pool.hold(id(self), 0)
         for job in jobs:
             self.pool.cancel(job)
 
