@@ -21,6 +21,7 @@ import json
 import math
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -212,51 +213,94 @@ def _line(r: dict[str, Any]) -> str:
     )
 
 
+ROWS = [
+    ("p50", "ms", "p50_ms"), ("p99", "ms", "p99_ms"), ("cold p99", "ms", "cold_p99_ms"),
+    ("cold starts", "", "cold_starts"), ("peak replicas", "", "peak_replicas"),
+    ("cost", "µUSD", "cost"), ("idle cost", "µUSD", "idle_cost"),
+    ("saving vs peak", "", "saving_vs_peak"),
+]  # fmt: skip
+
+
+def _rows(ctx: Any, name: str, rep: dict[str, Any]) -> None:
+    """The table's rows of one side. A metric the side does not report (Ray Serve has no cold
+    start count nor split: ``None``) is a row without samples, "not measured", and says so."""
+    ok, why = rep["lost"] == 0, "" if rep["lost"] == 0 else f"lost {rep['lost']}"
+    for metric, unit, key in ROWS:
+        v = rep[key]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            ctx.row(SC, name, metric, unit, samples=[], n=rep["arrivals"], ok=ok,
+                    note=", ".join(x for x in (why, "not reported by this side") if x))  # fmt: skip
+            continue
+        v = v * 1e6 if unit == "µUSD" else v
+        ctx.row(SC, name, metric, unit, samples=[v], n=rep["arrivals"], ok=ok, note=why)
+
+
+def _room(ctx: Any, cpus: float) -> None:
+    """Before a side: no replica of an earlier side left, and its CPUs free; says so when
+    they are not free after 60 s (the side then runs anyway, and may queue)."""
+    import ray
+
+    CLUSTER.nbs_scale_to_zero()
+    waited = CLUSTER.free_cpus(cpus, 60)
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < cpus - 1e-6:
+        ctx.log(f"{SC}: only {free:g} of {cpus:g} CPUs free after {waited:.0f} s")
+
+
 def run_trace(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every side on the same arrivals of one trace; rows, checks, notes, JSON and PNG."""
+    """Every side on the same arrivals of one trace; rows, checks, notes, JSON and PNG. A side
+    that cannot run or fails is logged with its reason and the next one runs; the JSON and the
+    PNG are written whatever happened."""
     n = args.arrivals or (300 if ctx.quick else 1500)
     arrivals = load(trace, n, args.speedup)
     kw = {"speedup": args.speedup, "ms_per_token": args.ms_per_token, "width": args.window}
     reports: list[dict[str, Any]] = []
+    sims: list[dict[str, Any]] = []
     peak = MAX_REPLICAS
-    for side, opt in _sides(args, ctx.quick):
-        CLUSTER.nbs_scale_to_zero()
-        CLUSTER.free_cpus(MAX_REPLICAS * CPUS, 30)
-        ctx.log(f"{SC}: {trace} ({len(arrivals)} arrivals, {args.speedup:g}x): {side}")
-        try:
-            if opt.get("serve"):
-                rep = run_serve(trace, arrivals, side, keep_alive=args.keep_alive, **kw)
-            elif opt.get("always_on"):
+    try:
+        for side, opt in _sides(args, ctx.quick):
+            if opt.get("always_on"):
                 side = side.replace("peak", str(peak))
-                rep = run_nbs(trace, arrivals, side, min_replicas=peak, max_replicas=peak,
-                              keep_alive=args.keep_alive, **kw)  # fmt: skip
-            else:
-                rep = run_nbs(trace, arrivals, side, **opt, **kw)
-                if side.startswith("nbs fixed") and rep["peak_replicas"]:
-                    peak = rep["peak_replicas"]
-        except Skip as e:
-            print(f"skipped: {SC} / {trace} / {side}: {e}", flush=True)
-            ctx.note(SC, f"{trace}: {side} skipped: {e}")
-            continue
-        except Exception as e:
-            ctx.row(SC, f"{trace}: {side}", "p99", "ms", error=f"{type(e).__name__}: {e}")
-            ctx.log(f"{SC}: {side} FAILED: {type(e).__name__}: {e}")
-            continue
-        reports.append(rep)
-        ctx.log(_line(rep))
-        ok, why = rep["lost"] == 0, "" if rep["lost"] == 0 else f"lost {rep['lost']}"
-        for metric, unit, key in [
-            ("p50", "ms", "p50_ms"), ("p99", "ms", "p99_ms"), ("cold p99", "ms", "cold_p99_ms"),
-            ("cold starts", "", "cold_starts"), ("peak replicas", "", "peak_replicas"),
-            ("cost", "µUSD", "cost"), ("idle cost", "µUSD", "idle_cost"),
-            ("saving vs peak", "", "saving_vs_peak"),
-        ]:  # fmt: skip
-            v = rep[key] * (1e6 if unit == "µUSD" and rep[key] is not None else 1)
-            ctx.row(SC, f"{trace}: {side}", metric, unit, samples=[] if v is None else [v],
-                    n=len(arrivals), ok=ok, note=why)  # fmt: skip
-        ctx.note(SC, f"{trace} {args.speedup:g}x: " + _line(rep))
-    _checks(ctx, trace, args, reports)
-    sims = model(ctx, trace, args)
+            _room(ctx, MAX_REPLICAS * CPUS)
+            ctx.log(f"{SC}: {trace} ({len(arrivals)} arrivals, {args.speedup:g}x): {side}")
+            try:
+                if opt.get("serve"):
+                    try:
+                        rep = run_serve(trace, arrivals, side, keep_alive=args.keep_alive, **kw)
+                    finally:
+                        CLUSTER.serve_stop()  # its controller stays out of the next sides
+                elif opt.get("always_on"):
+                    rep = run_nbs(trace, arrivals, side, min_replicas=peak, max_replicas=peak,
+                                  keep_alive=args.keep_alive, **kw)  # fmt: skip
+                else:
+                    rep = run_nbs(trace, arrivals, side, **opt, **kw)
+                    if side.startswith("nbs fixed") and rep["peak_replicas"]:
+                        peak = rep["peak_replicas"]
+                reports.append(rep)
+                ctx.log(_line(rep))
+                _rows(ctx, f"{trace}: {side}", rep)
+                ctx.note(SC, f"{trace} {args.speedup:g}x: " + _line(rep))
+            except Skip as e:
+                print(f"skipped: {SC} / {trace} / {side}: {e}", flush=True)
+                ctx.note(SC, f"{trace}: {side} skipped: {e}")
+            except Exception as e:
+                ctx.row(SC, f"{trace}: {side}", "p99", "ms", error=f"{type(e).__name__}: {e}")
+                ctx.log(f"{SC}: {trace}: {side} FAILED:\n{traceback.format_exc()}")
+        _checks(ctx, trace, args, reports)
+        sims = model(ctx, trace, args)
+    finally:
+        _write(ctx, trace, arrivals, args, reports, sims)
+    return reports
+
+
+def _write(
+    ctx: Any,
+    trace: str,
+    arrivals: list[Arrival],
+    args: argparse.Namespace,
+    reports: list[dict[str, Any]],
+    sims: list[dict[str, Any]],
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"trace": trace, "arrivals": len(arrivals), "speedup": args.speedup,
             "ms_per_token": args.ms_per_token, "cpus": CPUS, "max_replicas": MAX_REPLICAS}  # fmt: skip
@@ -264,9 +308,18 @@ def run_trace(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, 
     out.write_text(
         json.dumps({**meta, "sides": reports, "model": sims}, indent=1, default=str) + "\n"
     )
-    png = plot(trace, reports, RESULTS / f"trace_replay_{trace}.png", args.speedup)
-    ctx.note(SC, f"{trace}: details {out.name}" + (f", plot {png.name}" if png else ", no plot"))
-    return reports
+    png, why = None, "no side ran"
+    if reports:
+        try:
+            png = plot(trace, reports, RESULTS / f"trace_replay_{trace}.png", args.speedup)
+            why = "matplotlib not installed"
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+            ctx.log(f"{SC}: plot FAILED:\n{traceback.format_exc()}")
+    ctx.note(
+        SC, f"{trace}: details {out.name}" + (f", plot {png.name}" if png else f", no plot ({why})")
+    )
+    ctx.log(f"{SC}: wrote {out}" + (f" and {png}" if png else f"; no plot: {why}"))
 
 
 def _checks(ctx: Any, trace: str, args: argparse.Namespace, reports: list[dict]) -> None:
