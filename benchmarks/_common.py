@@ -379,6 +379,16 @@ class Cluster:
             self.serve_started = True
         return serve
 
+    def serve_stop(self) -> None:
+        """Shut Ray Serve down (its controller goes) if this run started it; ``serve()``
+        starts it again when a later side needs it."""
+        if not self.serve_started:
+            return
+        self.serve_started = False
+        from ray import serve
+
+        serve.shutdown()
+
     def nbs_scale_to_zero(self) -> None:
         """Best effort, between scenarios: let no replica of an earlier scenario hold CPUs.
         SPEC.md has no per-function scale-down, so this uses the pool's internal helper when it

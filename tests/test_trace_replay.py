@@ -111,3 +111,41 @@ def test_keep_alive_model_serves_every_request_and_accounts_the_work():
     assert runs[60.0]["cold_starts"] < runs[2.0]["cold_starts"]
     assert runs[60.0]["idle_replica_s"] > runs[2.0]["idle_replica_s"]
     assert "(learned)" in runs["auto"]["label"]
+
+
+def test_model_mode_texts_follow_generated_tokens_and_replies_are_checked():
+    arr = [tr.Arrival(0.0, 3), tr.Arrival(0.01, 40), tr.Arrival(0.02, 5000)]
+    txt = tr.texts(arr)
+    assert [len(t.split()) for t in txt] == [3, 40, tr.MAX_WORDS]
+    replies = tr.Replies()
+
+    def submit(i: int, text: str) -> Future:
+        fut: Future = Future()
+        dim = 12 if i == 2 else tr.DIM  # request 2: a wrong embedding
+        fut.set_result((i, 1000 + i % 2, 1, dim, 1.0, 0.01))
+        return fut
+
+    run = tr.replay(replies.wrap(submit, txt), arr, timeout=10)
+    assert run.ok == [True, True, False] and "wrong result" in run.errors[2]
+    assert replies.loads == {1000: 1, 1001: 1} and replies.exec_s == pytest.approx(0.02)
+
+
+def test_model_mode_replay_loads_the_model_once_per_replica(ray_cluster):
+    """Model mode, small: each request embeds a text on an @nbs.remote class replica that
+    loaded all-MiniLM-L6-v2 once (its reply names its process and its model loads)."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed")
+    try:
+        tr.model_dir()
+    except Skip as e:
+        pytest.skip(str(e))
+    arr = arrivals("conv", 24, 20.0)  # about 0.4 s of arrivals
+    replies = tr.Replies()
+    rep = tr.run_nbs(
+        "conv", arr, "nbs fixed, model", speedup=20.0, mode="model", replies=replies,
+        max_replicas=2, keep_alive=5.0, timeout=180.0,
+    )  # fmt: skip
+    check_report(rep, len(arr))
+    assert rep["cold_starts"] >= 1
+    assert 1 <= len(replies.loads) <= rep["peak_replicas"] <= 2
+    assert set(replies.loads.values()) == {1}, replies.summary()  # once per replica process
+    assert replies.exec_s > 0
