@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import settings as _settings
-from .core import cluster  # noqa: F401  (nbs.cluster: connection helpers)
 from .errors import (
     BudgetExceededError,
     CallTimeoutError,
@@ -68,6 +67,11 @@ def __getattr__(name: str) -> Any:
 
         globals()["remote"] = remote
         return remote
+    if name == "cluster":  # connection helpers; not imported by replicas, which import us too
+        from .core import cluster
+
+        globals()["cluster"] = cluster
+        return cluster
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

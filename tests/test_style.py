@@ -42,3 +42,22 @@ def test_the_worker_imports_nothing_from_the_kernel_side():
         ours = [m for m in _imports(path) if m.split(".")[0] == "nbserverless"]
         bad = [m for m in ours if not m.startswith("nbserverless.worker")]
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_a_replica_process_loads_nothing_of_the_kernel_side():
+    # a replica imports nbserverless.worker.replica, which runs nbserverless/__init__.py
+    # first: that must stay light (no core, handles, metering or notebook modules)
+    import json
+    import sys
+
+    code = (
+        "import json, sys, nbserverless.worker.replica, nbserverless.worker.warm\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('nbserverless'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = json.loads(proc.stdout)
+    kernel = [m for m in loaded if m.split(".")[1:2] in (["core"], ["handles"], ["metering"],
+                                                         ["notebook"])]  # fmt: skip
+    assert not kernel, kernel
