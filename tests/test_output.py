@@ -74,6 +74,68 @@ def test_map_output_comes_back_with_results(ray_cluster, capsys):
     assert all(f"item-{i}" in out for i in range(5))
 
 
+# ---- calls still running when their cell ended ----------------------------------------
+
+
+WAITER = """\
+def wait_then_print(path, line):
+    import os, time
+
+    deadline = time.monotonic() + 60  # bounded: the marker file is made by the test
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(line)
+    return "done"
+"""
+
+
+def _waiter():
+    """``wait_then_print`` made as a notebook makes it (in ``__main__``: shipped by value)."""
+    namespace = {"__name__": "__main__"}
+    exec(WAITER, namespace)
+    return namespace["wait_then_print"]
+
+
+def test_a_cells_running_calls_can_be_retargeted_and_finished_ones_are_not(
+    ray_cluster, tmp_path, capsys
+):
+    from nbserverless.core import output
+
+    cell = object()
+    output.set_tagger(lambda: cell)
+    try:
+        quick = nbs.remote(cpus=0.25)(lambda: print("quick line") or 1)
+        slow = nbs.remote(cpus=0.25)(_waiter())
+        assert quick() == 1  # settled (and released) before it returned
+        marker = tmp_path / "go"
+        fut = slow.submit(str(marker), "late line 4c1e")
+    finally:
+        output.set_tagger(None)
+    running = output.still_running(cell)
+    assert len(running) == 1 and running[0].pending == 1
+    assert output.still_running(cell) == []  # the cell is forgotten once asked
+    got: list[tuple[str, str]] = []
+    running[0].retarget(lambda stream, text: got.append((stream, text)))
+    marker.touch()
+    assert fut.result(timeout=60) == "done"
+    assert running[0].pending == 0
+    assert "".join(t for s, t in got if s == "stdout") == "late line 4c1e\n"
+    out = capsys.readouterr().out
+    assert "quick line" in out and "late line 4c1e" not in out
+
+
+def test_untagged_sinks_are_not_tracked(ray_cluster):
+    from nbserverless.core import output
+
+    @nbs.remote(cpus=0.25)
+    def one():
+        return 1
+
+    fut = one.submit()
+    assert fut.result(timeout=60) == 1
+    assert output._open == {}
+
+
 # ---- the output socket: loopback, token first, one thread --------------------------------
 
 
