@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
 
 import nbserverless as nbs
 
@@ -134,6 +139,57 @@ def test_untagged_sinks_are_not_tracked(ray_cluster):
     fut = one.submit()
     assert fut.result(timeout=60) == 1
     assert output._open == {}
+
+
+LATE_LINE = "late line 9b2d from the replica"
+
+
+@pytest.fixture(scope="module")
+def late_nb(cluster_address, tmp_path_factory):
+    """Cell 1 submits a call that prints after cell 1 ended; cell 2 lets it go and waits."""
+    marker = tmp_path_factory.mktemp("late") / "go"
+    cells = [
+        "%load_ext nbserverless\nimport nbserverless as nbs",
+        WAITER
+        + "talker = nbs.remote(cpus=0.25)(wait_then_print)\n"
+        + f"fut = talker.submit({str(marker)!r}, {LATE_LINE!r})\nprint('cell one ends')",
+        f"open({str(marker)!r}, 'w').close()\nprint(fut.result(timeout=60))\nprint('cell two ends')",
+        "print('cell three')",
+    ]
+    nb = new_notebook(cells=[new_code_cell(src) for src in cells])
+    env = dict(os.environ, NBSERVERLESS_ADDRESS=cluster_address)
+    NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=True).execute(env=env)
+    return nb
+
+
+def _output_texts(cell) -> list[str]:
+    texts = []
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            texts.append(o.text)
+        elif o.output_type in ("display_data", "execute_result"):
+            texts.append(o.data.get("text/plain", ""))
+        elif o.output_type == "error":
+            texts.append("\n".join(o.traceback))
+    return texts
+
+
+def test_kernel_output_after_the_cell_ended_lands_in_that_cells_widget(late_nb):
+    from nbserverless.notebook.late import HEADER
+
+    one, two = late_nb.cells[1], late_nb.cells[2]
+    assert "cell one ends\n" in _output_texts(one), one.outputs
+    assert "".join(_output_texts(two)) == "done\ncell two ends\n"
+    views = [o for o in one.outputs if o.output_type == "display_data"
+             and o.data.get("text/plain", "").startswith(HEADER)]  # fmt: skip
+    assert len(views) == 1, one.outputs
+    assert "application/vnd.jupyter.widget-view+json" in views[0].data
+    assert views[0].data["text/plain"] == f"{HEADER}\n{LATE_LINE}\n"
+    everywhere = "".join(t for c in late_nb.cells for t in _output_texts(c))
+    assert everywhere.count(LATE_LINE) == 1
+    state = late_nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    outputs = [m["state"]["outputs"] for m in state.values() if m["model_name"] == "OutputModel"]
+    assert outputs == [[{"output_type": "stream", "name": "stdout", "text": LATE_LINE + "\n"}]]
 
 
 # ---- the output socket: loopback, token first, one thread --------------------------------
