@@ -1,4 +1,4 @@
-"""Output of calls still running when their cell ended.
+"""Output of calls still running when their cell ended, and ``%debug`` on a remote failure.
 
 The rule: when a cell ends with calls of its own still running (``f.submit(...)`` not yet
 done, a map not consumed), and the kernel's frontend can render widgets, the cell shows one
@@ -19,6 +19,12 @@ last one) reaches a live frontend but is not in the saved notebook until a later
 (each update carries the whole text). Where widgets cannot render (terminal IPython, plain
 Python) nothing is tracked and output goes to the caller's streams as before.
 
+After a cell fails with an error IPython renders through ``_render_traceback_`` (a remote
+failure), ``%debug`` must open that error in the user's frame: IPython keeps the traceback of
+the last error it formatted itself and debugs that one first, so it is cleared; and the
+trailing nbserverless frames (the handle raising the rebuilt error) are cut from
+``sys.last_traceback``, so post-mortem starts at the user's line that made the call.
+
 Example: ``register(ip)`` (``%load_ext nbserverless``); ``unregister(ip)``.
 """
 
@@ -26,7 +32,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import sys
 import threading
+import types
 from typing import Any
 
 from ..core import output
@@ -36,6 +45,7 @@ log = logging.getLogger("nbserverless")
 
 HEADER = "output of calls still running when this cell ended:"
 PLAIN_LIMIT = 100_000  # characters of late text kept in the text/plain fallback
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class LateView:
@@ -105,9 +115,44 @@ class _Cells:
                 for sink in sinks:
                     sink.retarget(view.write)
                 self.views = [*self.views[-7:], view]
+        if result is not None and getattr(result, "error_in_exec", None) is not None:
+            debug_at_user_frame(result.error_in_exec)
 
 
 CELLS = _Cells()
+
+
+def debug_at_user_frame(exc: BaseException, shell: Any = None) -> None:
+    """Make ``%debug`` open ``exc`` (the last error) at the user's frame (see the module
+    docstring). Only for errors IPython rendered through ``_render_traceback_``."""
+    if not hasattr(exc, "_render_traceback_") or getattr(sys, "last_value", None) is not exc:
+        return
+    if shell is None:
+        shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    tbh = getattr(shell, "InteractiveTB", None)
+    if tbh is not None and getattr(tbh, "tb", None) is not None:
+        tbh.tb = None  # a previous error's traceback: %debug would open that one
+    trimmed = _without_trailing_package_frames(getattr(sys, "last_traceback", None))
+    if trimmed is not None:
+        sys.last_traceback = trimmed
+
+
+def _without_trailing_package_frames(tb: types.TracebackType | None):
+    """``tb`` rebuilt without its innermost nbserverless frames (None: nothing to cut, or
+    no frame of the user's left)."""
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    keep = len(entries)
+    while keep and entries[keep - 1].tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        keep -= 1
+    if keep == len(entries) or keep < 2:  # the first entry is IPython's own run_code frame
+        return None
+    rebuilt = None
+    for entry in reversed(entries[:keep]):
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return rebuilt
 
 
 def register(ip: Any, rich: bool | None = None) -> None:
@@ -118,7 +163,7 @@ def register(ip: Any, rich: bool | None = None) -> None:
     if CELLS.rich:
         output.set_tagger(CELLS.tag)
         ip.events.register("pre_run_cell", CELLS.pre_run_cell)
-        ip.events.register("post_run_cell", CELLS.post_run_cell)
+    ip.events.register("post_run_cell", CELLS.post_run_cell)
 
 
 def unregister(ip: Any) -> None:
