@@ -89,7 +89,8 @@ def wait_then_print(path, line):
     deadline = time.monotonic() + 60  # bounded: the marker file is made by the test
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.05)
-    print(line)
+    if line is not None:
+        print(line)
     return "done"
 """
 
@@ -146,15 +147,18 @@ LATE_LINE = "late line 9b2d from the replica"
 
 @pytest.fixture(scope="module")
 def late_nb(cluster_address, tmp_path_factory):
-    """Cell 1 submits a call that prints after cell 1 ended; cell 2 lets it go and waits."""
-    marker = tmp_path_factory.mktemp("late") / "go"
+    """Cells 1 and 2 submit calls that end after them (the first prints, the second does not);
+    cell 3 lets them go and waits."""
+    marker = str(tmp_path_factory.mktemp("late") / "go")
     cells = [
         "%load_ext nbserverless\nimport nbserverless as nbs",
         WAITER
         + "talker = nbs.remote(cpus=0.25)(wait_then_print)\n"
-        + f"fut = talker.submit({str(marker)!r}, {LATE_LINE!r})\nprint('cell one ends')",
-        f"open({str(marker)!r}, 'w').close()\nprint(fut.result(timeout=60))\nprint('cell two ends')",
-        "print('cell three')",
+        + f"fut = talker.submit({marker!r}, {LATE_LINE!r})\nprint('cell one ends')",
+        f"quiet = talker.submit({marker!r}, None)",
+        f"open({marker!r}, 'w').close()\n"
+        "print(fut.result(timeout=60), quiet.result(timeout=60))\nprint('cell three ends')",
+        "print('cell four')",
     ]
     nb = new_notebook(cells=[new_code_cell(src) for src in cells])
     env = dict(os.environ, NBSERVERLESS_ADDRESS=cluster_address)
@@ -174,22 +178,42 @@ def _output_texts(cell) -> list[str]:
     return texts
 
 
+def _late_views(cell, state: dict) -> list:
+    """The cell's displays of a late-output box (by its CSS class in the saved widget state)."""
+    views = []
+    for o in cell.outputs:
+        view = o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+        if view and "nbserverless-late" in state[view["model_id"]]["state"].get("_dom_classes", []):
+            views.append(o)
+    return views
+
+
 def test_kernel_output_after_the_cell_ended_lands_in_that_cells_widget(late_nb):
     from nbserverless.notebook.late import HEADER
 
-    one, two = late_nb.cells[1], late_nb.cells[2]
+    one, quiet, three = late_nb.cells[1], late_nb.cells[2], late_nb.cells[3]
     assert "cell one ends\n" in _output_texts(one), one.outputs
-    assert "".join(_output_texts(two)) == "done\ncell two ends\n"
-    views = [o for o in one.outputs if o.output_type == "display_data"
-             and o.data.get("text/plain", "").startswith(HEADER)]  # fmt: skip
+    assert "".join(_output_texts(three)) == "done done\ncell three ends\n"
+    state = late_nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    views = _late_views(one, state)
     assert len(views) == 1, one.outputs
-    assert "application/vnd.jupyter.widget-view+json" in views[0].data
     assert views[0].data["text/plain"] == f"{HEADER}\n{LATE_LINE}\n"
     everywhere = "".join(t for c in late_nb.cells for t in _output_texts(c))
     assert everywhere.count(LATE_LINE) == 1
-    state = late_nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     outputs = [m["state"]["outputs"] for m in state.values() if m["model_name"] == "OutputModel"]
-    assert outputs == [[{"output_type": "stream", "name": "stdout", "text": LATE_LINE + "\n"}]]
+    assert sorted(outputs, key=len) == [
+        [],
+        [{"output_type": "stream", "name": "stdout", "text": LATE_LINE + "\n"}],
+    ]
+
+    def shown(view) -> bool:  # the view's box, by its layout's display
+        box = state[view.data["application/vnd.jupyter.widget-view+json"]["model_id"]]["state"]
+        layout = state[box["layout"].removeprefix("IPY_MODEL_")]["state"]
+        return layout.get("display") != "none"
+
+    assert shown(views[0])
+    silent = _late_views(quiet, state)  # a call that printed nothing after its cell: shows nothing
+    assert len(silent) == 1 and silent[0].data["text/plain"] == "" and not shown(silent[0])
 
 
 # ---- the output socket: loopback, token first, one thread --------------------------------

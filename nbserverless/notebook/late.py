@@ -1,10 +1,11 @@
 """Output of calls still running when their cell ended, and ``%debug`` on a remote failure.
 
 The rule: when a cell ends with calls of its own still running (``f.submit(...)`` not yet
-done, a map not consumed), and the kernel's frontend can render widgets, the cell shows one
-``ipywidgets.Output`` under the header ``HEADER``, and everything those calls print from then
-on goes there — nowhere else. Each chunk is sent twice, from outside any cell's context (so
-ipykernel gives it the parent of the request it handles now, usually the cell running now):
+done, a map not consumed), and the kernel's frontend can render widgets, the cell gets one
+``ipywidgets.Output`` under the header ``HEADER`` (hidden until they print), and everything
+those calls print from then on goes there — nowhere else. Each chunk is sent twice, from
+outside any cell's context (so ipykernel gives it the parent of the request it handles now,
+usually the cell running now):
 
 - as a state update of the widget (its ``outputs``, as ``append_stdout`` does): JupyterLab
   applies it live whatever request is running; nbclient records it in the widget state it
@@ -60,13 +61,14 @@ class LateView:
         self.out = ipywidgets.Output()
         self.box = ipywidgets.VBox([ipywidgets.HTML(f"<small>{HEADER}</small>"), self.out])
         self.box.add_class("nbserverless-late")
+        self.box.layout.display = "none"  # shown at the first late chunk: silent calls show nothing
         self.text = ""
         self._lock = threading.Lock()
         self._handle = display(self._bundle(), raw=True, display_id=True)
 
     def _bundle(self) -> dict[str, Any]:
         bundle = dict(self.box._repr_mimebundle_())
-        bundle["text/plain"] = f"{HEADER}\n{self.text}"
+        bundle["text/plain"] = f"{HEADER}\n{self.text}" if self.text else ""
         return bundle
 
     def write(self, stream: str, text: str) -> None:
@@ -84,6 +86,8 @@ class LateView:
         else:
             outs = (*outs, {"output_type": "stream", "name": name, "text": text})
         self.out.outputs = outs
+        if not self.text:
+            self.box.layout.display = None
         self.text = (self.text + text)[-PLAIN_LIMIT:]
         if self._handle is not None:
             self._handle.update(self._bundle(), raw=True)
