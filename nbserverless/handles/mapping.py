@@ -246,6 +246,7 @@ class MapRun:
     def _submit_failed(self, jobs: list[Job], exc: BaseException) -> None:
         """Jobs that could not be sent fail as items (the map raises ``exc`` for them)."""
         for job in jobs:
+            job.release_sink()  # if the pool took it before failing
             job.done(job, False, exc)
         with self._cond:
             self._exhausted = True
