@@ -152,6 +152,38 @@ def test_an_exception_keeps_its_type_and_the_cells_line_numbers(ip):
     assert "capture.py" not in text  # the executor's own frames are hidden
 
 
+def test_debug_opens_a_remote_failure_in_the_users_frame(ip, monkeypatch):
+    """``%debug`` after a remote failure debugs that local exception at the user's line,
+    not in nbserverless, and not an earlier error IPython formatted itself."""
+    import io
+    import sys
+
+    old = (
+        "def local_fail():\n    stale_local = 'old error'\n    raise KeyError('old')\nlocal_fail()"
+    )
+    assert isinstance(run(ip, old).error_in_exec, KeyError)
+    defined = run(ip, (
+        "import nbserverless as nbs\n@nbs.remote(cpus=0.25)\ndef inverse(x):\n    return 1 / x\n"
+        "def caller(y):\n    marker_local = 'in the caller'\n    return inverse(y)\n"
+    ))  # fmt: skip
+    assert defined.success, defined.error_in_exec
+    res = run(ip, "caller(0)")
+    assert isinstance(res.error_in_exec, ZeroDivisionError)
+    commands = "p marker_local\np type(__import__('sys').last_value).__name__\nwhere\nq\n"
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(commands))
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(ip.InteractiveTB, "pdb", None)  # the debugger made now reads these
+    ip.run_line_magic("debug", "")
+    text = out.getvalue()
+    landing = next(line for line in text.splitlines() if line.startswith("> "))
+    assert landing.endswith("caller()"), text
+    assert "'in the caller'" in text and "'ZeroDivisionError'" in text
+    assert "return inverse(y)" in text
+    for noise in ("invoker.py", "function.py", "old error", "local_fail"):
+        assert noise not in text, noise
+
+
 def test_a_notebook_function_fails_with_its_own_cell_in_the_traceback(ip):
     defined = run(ip, "def explode(v):\n    return 1 / v\n")
     assert defined.success

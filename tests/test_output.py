@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
 
 import nbserverless as nbs
 
@@ -72,6 +77,143 @@ def test_map_output_comes_back_with_results(ray_cluster, capsys):
     assert list(shout.map(range(5), progress=False)) == list(range(5))
     out = capsys.readouterr().out
     assert all(f"item-{i}" in out for i in range(5))
+
+
+# ---- calls still running when their cell ended ----------------------------------------
+
+
+WAITER = """\
+def wait_then_print(path, line):
+    import os, time
+
+    deadline = time.monotonic() + 60  # bounded: the marker file is made by the test
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if line is not None:
+        print(line)
+    return "done"
+"""
+
+
+def _waiter():
+    """``wait_then_print`` made as a notebook makes it (in ``__main__``: shipped by value)."""
+    namespace = {"__name__": "__main__"}
+    exec(WAITER, namespace)
+    return namespace["wait_then_print"]
+
+
+def test_a_cells_running_calls_can_be_retargeted_and_finished_ones_are_not(
+    ray_cluster, tmp_path, capsys
+):
+    from nbserverless.core import output
+
+    cell = object()
+    output.set_tagger(lambda: cell)
+    try:
+        quick = nbs.remote(cpus=0.25)(lambda: print("quick line") or 1)
+        slow = nbs.remote(cpus=0.25)(_waiter())
+        assert quick() == 1  # settled (and released) before it returned
+        marker = tmp_path / "go"
+        fut = slow.submit(str(marker), "late line 4c1e")
+    finally:
+        output.set_tagger(None)
+    running = output.still_running(cell)
+    assert len(running) == 1 and running[0].pending == 1
+    assert output.still_running(cell) == []  # the cell is forgotten once asked
+    got: list[tuple[str, str]] = []
+    running[0].retarget(lambda stream, text: got.append((stream, text)))
+    marker.touch()
+    assert fut.result(timeout=60) == "done"
+    assert running[0].pending == 0
+    assert "".join(t for s, t in got if s == "stdout") == "late line 4c1e\n"
+    out = capsys.readouterr().out
+    assert "quick line" in out and "late line 4c1e" not in out
+
+
+def test_untagged_sinks_are_not_tracked(ray_cluster):
+    from nbserverless.core import output
+
+    @nbs.remote(cpus=0.25)
+    def one():
+        return 1
+
+    fut = one.submit()
+    assert fut.result(timeout=60) == 1
+    assert output._open == {}
+
+
+LATE_LINE = "late line 9b2d from the replica"
+
+
+@pytest.fixture(scope="module")
+def late_nb(cluster_address, tmp_path_factory):
+    """Cells 1 and 2 submit calls that end after them (the first prints, the second does not);
+    cell 3 lets them go and waits."""
+    marker = str(tmp_path_factory.mktemp("late") / "go")
+    cells = [
+        "%load_ext nbserverless\nimport nbserverless as nbs",
+        WAITER
+        + "talker = nbs.remote(cpus=0.25)(wait_then_print)\n"
+        + f"fut = talker.submit({marker!r}, {LATE_LINE!r})\nprint('cell one ends')",
+        f"quiet = talker.submit({marker!r}, None)",
+        f"open({marker!r}, 'w').close()\n"
+        "print(fut.result(timeout=60), quiet.result(timeout=60))\nprint('cell three ends')",
+        "print('cell four')",
+    ]
+    nb = new_notebook(cells=[new_code_cell(src) for src in cells])
+    env = dict(os.environ, NBSERVERLESS_ADDRESS=cluster_address)
+    NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=True).execute(env=env)
+    return nb
+
+
+def _output_texts(cell) -> list[str]:
+    texts = []
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            texts.append(o.text)
+        elif o.output_type in ("display_data", "execute_result"):
+            texts.append(o.data.get("text/plain", ""))
+        elif o.output_type == "error":
+            texts.append("\n".join(o.traceback))
+    return texts
+
+
+def _late_views(cell, state: dict) -> list:
+    """The cell's displays of a late-output box (by its CSS class in the saved widget state)."""
+    views = []
+    for o in cell.outputs:
+        view = o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+        if view and "nbserverless-late" in state[view["model_id"]]["state"].get("_dom_classes", []):
+            views.append(o)
+    return views
+
+
+def test_kernel_output_after_the_cell_ended_lands_in_that_cells_widget(late_nb):
+    from nbserverless.notebook.late import HEADER
+
+    one, quiet, three = late_nb.cells[1], late_nb.cells[2], late_nb.cells[3]
+    assert "cell one ends\n" in _output_texts(one), one.outputs
+    assert "".join(_output_texts(three)) == "done done\ncell three ends\n"
+    state = late_nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    views = _late_views(one, state)
+    assert len(views) == 1, one.outputs
+    assert views[0].data["text/plain"] == f"{HEADER}\n{LATE_LINE}\n"
+    everywhere = "".join(t for c in late_nb.cells for t in _output_texts(c))
+    assert everywhere.count(LATE_LINE) == 1
+    outputs = [m["state"]["outputs"] for m in state.values() if m["model_name"] == "OutputModel"]
+    assert sorted(outputs, key=len) == [
+        [],
+        [{"output_type": "stream", "name": "stdout", "text": LATE_LINE + "\n"}],
+    ]
+
+    def shown(view) -> bool:  # the view's box, by its layout's display
+        box = state[view.data["application/vnd.jupyter.widget-view+json"]["model_id"]]["state"]
+        layout = state[box["layout"].removeprefix("IPY_MODEL_")]["state"]
+        return layout.get("display") != "none"
+
+    assert shown(views[0])
+    silent = _late_views(quiet, state)  # a call that printed nothing after its cell: shows nothing
+    assert len(silent) == 1 and silent[0].data["text/plain"] == "" and not shown(silent[0])
 
 
 # ---- the output socket: loopback, token first, one thread --------------------------------

@@ -20,7 +20,8 @@ class Job:
 
     __slots__ = ("kind", "method", "payload", "n", "star", "done", "sink", "t_submit",
                  "t_dispatch", "cold", "attempts", "rep", "ref", "call_id", "deadline",
-                 "pipelined", "cancelled", "finished", "error", "exec_s", "blob")  # fmt: skip
+                 "pipelined", "cancelled", "finished", "error", "exec_s", "blob",
+                 "held")  # fmt: skip
 
     def __init__(self, kind: str, method: str | None, payload: Any, n: int, done: DoneFn, *,
                  star: bool = False, sink: Sink | None = None, pipelined: bool = False):  # fmt: skip
@@ -45,3 +46,16 @@ class Job:
         self.error: BaseException | None = None  # set when it could not be sent
         self.exec_s = 0.0  # execution time the replica measured
         self.blob: bytes | None = None  # a chunk's or batch's payload, pickled before the lock
+        self.held = False  # counted in its sink's pending jobs (output.Sink.hold)
+
+    def hold_sink(self) -> None:
+        """The job entered a pool: its sink has work in flight (once per job)."""
+        if not self.held:
+            self.held = True
+            self.sink.hold()
+
+    def release_sink(self) -> None:
+        """The job is settled, its output written: before ``done`` runs."""
+        if self.held:
+            self.held = False
+            self.sink.release()

@@ -4,6 +4,14 @@ Each call captures the caller's streams and context (ipykernel keys a stream's b
 parent message held in a context variable), so output written later from the router thread
 still lands in the cell that made the call. Short calls bring their output back with the
 result; long ones stream it here live over a socket.
+
+Calls still running when their cell ended: a view may install a *tagger* (``set_tagger``) that
+names the cell running now; each sink is tagged when made, and counts the jobs it has in a
+pool (``hold``/``release``, released before the job's ``done`` runs, so a call that finished
+in its cell is never reported as running). When a cell ends, ``still_running(tag)`` returns
+its sinks with work left, and ``retarget(writer)`` sends their later chunks to ``writer``
+instead of the caller's streams (``notebook/late.py`` is the view that does this). Without a
+tagger nothing is tagged or counted, and every chunk goes to the caller's streams.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("nbserverless")
@@ -32,10 +41,35 @@ SELECT_TICK_S = 0.5
 LOOPBACK = "127.0.0.1"
 
 
-class Sink:
-    """Where one call's output goes: the caller's sys.stdout/sys.stderr in its context."""
+#: writer(stream, text) of a retargeted sink; stream is "stdout" or "stderr"
+Writer = Callable[[str, str], None]
 
-    __slots__ = ("ctx", "stdout", "stderr", "received", "cond")
+_tagger: Callable[[], Any] | None = None
+_open: dict[Any, set[Sink]] = {}  # tag -> its sinks with jobs in a pool
+_open_lock = threading.Lock()
+
+
+def set_tagger(tagger: Callable[[], Any] | None) -> None:
+    """Install (or remove, with None) what names the cell running now; sinks made while it
+    returns None are not tracked. Example: ``set_tagger(lambda: current_cell)``."""
+    global _tagger
+    _tagger = tagger
+
+
+def still_running(tag: Any) -> list[Sink]:
+    """The sinks made under ``tag`` that still have jobs in a pool; the tag is forgotten (a
+    sink that holds a job again later is tracked again until it releases it)."""
+    if tag is None:
+        return []
+    with _open_lock:
+        return list(_open.pop(tag, ()))
+
+
+class Sink:
+    """Where one call's output goes: the caller's sys.stdout/sys.stderr in its context, or a
+    writer it was retargeted to after its cell ended."""
+
+    __slots__ = ("ctx", "stdout", "stderr", "received", "cond", "tag", "pending", "late")
 
     def __init__(self) -> None:
         self.ctx = contextvars.copy_context()
@@ -43,10 +77,55 @@ class Sink:
         self.stderr = sys.stderr
         self.received = 0
         self.cond: threading.Condition | None = None
+        tagger = _tagger
+        self.tag: Any = tagger() if tagger is not None else None
+        self.pending = 0  # jobs of this sink in a pool (tracked only when tagged)
+        self.late: Writer | None = None
+
+    def hold(self) -> None:
+        """A job writing here entered a pool."""
+        if self.tag is None:
+            return
+        with _open_lock:
+            self.pending += 1
+            if self.pending == 1:
+                _open.setdefault(self.tag, set()).add(self)
+
+    def release(self) -> None:
+        """That job settled (its output is written)."""
+        if self.tag is None:
+            return
+        with _open_lock:
+            self.pending = max(0, self.pending - 1)
+            if self.pending == 0:
+                group = _open.get(self.tag)
+                if group is not None:
+                    group.discard(self)
+                    if not group:
+                        del _open[self.tag]
+
+    def retarget(self, writer: Writer) -> None:
+        """Send later chunks to ``writer(stream, text)`` instead of the caller's streams."""
+        self.late = writer
 
     def write(self, chunks: list[tuple[str, str]] | None) -> None:
-        if chunks:
+        if not chunks:
+            return
+        late = self.late
+        if late is None:
             self.ctx.run(self._write, chunks)
+            return
+        merged: list[list[str]] = []  # adjacent chunks of one stream: one write
+        for stream, text in chunks:
+            if merged and merged[-1][0] == stream:
+                merged[-1][1] += text
+            else:
+                merged.append([stream, text])
+        for stream, text in merged:
+            try:
+                late(stream, text)
+            except Exception:  # a broken view must not fail the call
+                log.debug("late output not shown", exc_info=True)
 
     def _write(self, chunks: list[tuple[str, str]]) -> None:
         for stream, text in chunks:

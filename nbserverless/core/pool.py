@@ -165,6 +165,7 @@ class Pool(Settling, Scaling, ReplicaSet):
         """Send ``job`` to a ready replica with room (True), else queue it (False)."""
         if self.closed:
             raise RuntimeError(f"{self.name}: the session was shut down; call it again")
+        job.hold_sink()
         self._register_locked()
         self.hold_min = True
         rep = None if self.queue else self._pick(job)

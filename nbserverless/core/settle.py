@@ -110,10 +110,12 @@ class Settling:
                             queue_s=0.0 if job.cold else waited,
                             cold_s=waited if job.cold else 0.0,
                             exec_s=exec_s / job.n if job.n else exec_s, cold=job.cold)  # fmt: skip
+        job.release_sink()
         job.done(job, ok, value)
 
     def _cancelled(self, job: Job, *, was_queued: bool) -> None:
         self.meter.cancelled(job.n, was_queued=was_queued)
+        job.release_sink()
         job.done(job, False, CancelledError(f"{self.name}: the call was cancelled"))
 
     def _on_death(self, job: Job, exc: BaseException) -> None:

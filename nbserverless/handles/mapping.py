@@ -257,6 +257,7 @@ class MapRun:
         """Jobs that could not be sent fail as items (the map raises ``exc`` for them)."""
         self.pool.hold(id(self), 0)
         for job in jobs:
+            job.release_sink()  # if the pool took it before failing
             job.done(job, False, exc)
         with self._cond:
             self._exhausted = True

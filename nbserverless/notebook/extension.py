@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core import cluster
 from ..core.loop import SUPERVISOR
-from . import comm, magics, widgets
+from . import comm, late, magics, widgets
 
 log = logging.getLogger("nbserverless")
 
@@ -27,6 +27,7 @@ def load(ip: Any) -> None:
     SUPERVISOR.ensure_running()  # warms the stand-ins once connected (bridge.py)
     magics.register(ip)
     widgets.register(ip)
+    late.register(ip)  # output of calls still running when their cell ended; %debug
     ip.events.register("post_run_cell", _quiet_sigterm)
     try:
         comm.start()
@@ -66,4 +67,5 @@ def unload(ip: Any) -> None:
         pass
     magics.unregister(ip)
     widgets.unregister(ip)
+    late.unregister(ip)
     comm.stop()
