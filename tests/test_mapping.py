@@ -312,4 +312,4 @@ def test_a_long_map_counts_its_unsent_items_as_backlog(ray_cluster):
         sent = sum(j.n for j in pool.queue) + sum(j.n for r in pool.reps.values() for j in r.jobs)
     assert sent < n // 2 and backlog >= n // 2, (sent, backlog)
     assert [first, *results] == list(range(n))
-    assert pool.held == {}  # a finished map holds nothing back
+    assert pool.unsent_items == {}  # a finished map holds nothing back

@@ -30,7 +30,9 @@ def test_burst_scales_up_to_the_cap_and_back_to_zero(ray_cluster):
     s = slow.stats()
     pool = slow._get_pool()
     assert pool.starts == 3  # demand for 12 asked for the cap, 3, and no more
-    assert 2 <= s.peak_replicas <= 3 and 2 <= len(pids) <= 3  # (a slow start may miss it)
+    # how many took part depends on how fast the machine starts them: on a loaded one the
+    # first replica may have run all 12 before the others were placed
+    assert 1 <= s.peak_replicas <= 3 and 1 <= len(pids) <= 3
     assert s.invocations == 12
     assert max(n for _, n in pool.replica_history) == s.peak_replicas
     # idle for keep_alive: every replica goes, down to zero

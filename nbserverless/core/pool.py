@@ -93,7 +93,7 @@ class Pool(Settling, Scaling, ReplicaSet):
         self.starts = 0  # replicas ever asked for (started or claimed)
         self.claims = 0  # of which claimed from the warm stock
         self.start_failures = 0  # failed starts in a row
-        self.held: dict[int, int] = {}  # map -> items its feeder has not sent yet (see hold)
+        self.unsent_items: dict[int, int] = {}  # map -> items its feeder has not sent yet
         self.nodes_lost = 0  # starts in a row whose node went away before the replica ran
         self.start_s = DEFAULT_START_S  # measured replica start time (EMA)
         self.keep_alive_s: policy.KeepAliveFn = policy.fixed_keep_alive
@@ -177,15 +177,15 @@ class Pool(Settling, Scaling, ReplicaSet):
             self._scale_locked()
         return rep is not None
 
-    def hold(self, key: int, items: int) -> None:
+    def unsent(self, key: int, items: int) -> None:
         """A map's feeder holds ``items`` more beyond what it sent (its read-ahead window):
         work the backlog rule counts, so a long map keeps its replicas, and replaces one that
         died, though only a window of it is queued here. ``items=0``: nothing more."""
         with self._locked():
             if items > 0:
-                self.held[key] = items
+                self.unsent_items[key] = items
             else:
-                self.held.pop(key, None)
+                self.unsent_items.pop(key, None)
 
     def submit(self, job: Job) -> None:
         """Dispatch at once if a replica has room, else queue (and scale up)."""

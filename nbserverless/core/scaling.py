@@ -34,7 +34,7 @@ class Scaling:
                 o.min_replicas if self.hold_min else 0,
                 1 if time.monotonic() < self.prewarm_until else 0,
             ),  # fmt: skip
-            queued_items=sum(j.n for j in self.queue) + sum(self.held.values()),
+            queued_items=sum(j.n for j in self.queue) + sum(self.unsent_items.values()),
             item_s=self.item_s,
             start_s=policy.CLAIM_S if warm_ok else self.start_s,
             keep_alive=o.keep_alive,

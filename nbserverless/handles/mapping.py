@@ -233,7 +233,7 @@ class MapRun:
                         jobs = [self._job(start, chunk)]
                     self._inflight.update(jobs)
                 self._cond.notify_all()
-            self.pool.hold(id(self), self._held())
+            self.pool.unsent(id(self), self._unsent())
             for k, job in enumerate(jobs):
                 try:
                     budget.check()  # a map started before the budget was spent stops there
@@ -244,7 +244,7 @@ class MapRun:
             if self._exhausted:
                 return
 
-    def _held(self) -> int:
+    def _unsent(self) -> int:
         """Items still to send after this chunk: the rest of a sized input, a window more of
         an unsized one that is not exhausted, else 0 (read without our lock: an estimate)."""
         if self._exhausted or self._closed:
@@ -255,7 +255,7 @@ class MapRun:
 
     def _submit_failed(self, jobs: list[Job], exc: BaseException) -> None:
         """Jobs that could not be sent fail as items (the map raises ``exc`` for them)."""
-        self.pool.hold(id(self), 0)
+        self.pool.unsent(id(self), 0)
         for job in jobs:
             job.release_sink()  # if the pool took it before failing
             job.done(job, False, exc)
@@ -422,7 +422,7 @@ class MapRun:
             self._cond.notify_all()
         if threading.current_thread() is not self._feeder_thread:
             self._feeder_thread.join(WAIT_SLICE_S)  # unless the input itself blocks
-        self.pool.hold(id(self), 0)
+        self.pool.unsent(id(self), 0)
         for job in jobs:
             self.pool.cancel(job)
 
