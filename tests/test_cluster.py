@@ -64,6 +64,23 @@ def test_summary_describes_the_cluster(ray_cluster):
     assert s["node_cost_always_on"] >= s["node_cost"] >= 0
 
 
+def test_replicas_of_the_embedded_cluster_run_at_the_kernels_priority(ray_cluster):
+    # Ray renices its workers to 15 once their `import ray` is done, so replicas already
+    # running calls would yield to the imports of replicas still starting (at the raylet's
+    # priority): a burst's first replicas would answer only after its last one started.
+    def niceness():
+        import os
+
+        return os.nice(0), os.getpid()
+
+    claimed = nbs.remote(cpus=0.1, name="nice_warm")(niceness)  # may claim a warm replica
+    started = nbs.remote(cpus=0.1, concurrency=2, name="nice_own")(niceness)  # its own actor
+    for f in (claimed, started):
+        nice, pid = f()
+        assert pid != os.getpid()
+        assert nice == os.nice(0), f"{f.name}: replica at nice {nice}, kernel at {os.nice(0)}"
+
+
 def test_node_cost_is_node_seconds_at_the_price_table():
     from nbserverless.core import autoscaler
     from nbserverless.metering import pricing

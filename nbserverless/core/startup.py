@@ -31,6 +31,12 @@ SLOW_START_ENV = {
     "RAY_agent_register_timeout_ms": "180000",
     "RAY_worker_register_timeout_seconds": "180",
 }
+#: Ray runs its workers at nice 15 (so its daemons keep up), but a worker process only lowers
+#: its priority once ``import ray`` is done: while a burst starts new replica processes, their
+#: imports (1-2 s of CPU each) run at nice 0 and starve the replicas already running calls, so
+#: no new replica answers before every start is done. On the embedded cluster (one machine,
+#: the kernel's own) workers keep the priority they start with.
+EMBEDDED_SYSTEM_CONFIG = {"worker_niceness": 0}
 START_PATIENCE_S = 180.0  # Ray's driver waits a fixed 30 s for the new node to register
 START_ATTEMPTS = 2
 
@@ -129,6 +135,10 @@ def start_embedded(kwargs: dict[str, Any]) -> None:
     import ray
 
     patient_start()
+    kwargs = {
+        **kwargs,
+        "_system_config": {**EMBEDDED_SYSTEM_CONFIG, **kwargs.get("_system_config", {})},
+    }
     for attempt in range(START_ATTEMPTS):
         try:
             with light_agents():
