@@ -19,7 +19,10 @@ from nbserverless.notebook import render, widgets
 
 @pytest.fixture
 def ip():
-    shell = InteractiveShell.instance()
+    # the session's one IPython shell (test_magics uses it too, whichever file runs first)
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
     METER.reset()
     pricing.set_prices(cpu=1.0, memory=0.0, gpu=0.0, request=0.0)
     widgets.register(shell, rich=True)
