@@ -50,6 +50,15 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session")
+def shell():
+    """The session's one IPython shell (IPython allows one per process, whichever test file
+    makes it first): magics, widgets and cells run in it."""
+    from IPython.testing.globalipapp import get_ipython
+
+    return get_ipython()
+
+
 @pytest.fixture
 def subprocess_env(cluster_address):
     """Environment for child processes that attach to the session cluster."""

@@ -102,10 +102,7 @@ def test_remote_options_fail_in_one_line_or_ray_accepts_them(warm_pool, kwargs):
 
 
 @pytest.fixture(scope="module")
-def ip(cluster_address):
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
+def ip(cluster_address, shell):
     shell.run_line_magic("load_ext", "nbserverless")
     yield shell
     shell.run_line_magic("unload_ext", "nbserverless")

@@ -59,10 +59,7 @@ def test_trailing_semicolon_hides_the_value():
 
 
 @pytest.fixture(scope="module")
-def ip(cluster_address):
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
+def ip(cluster_address, shell):
     shell.run_line_magic("load_ext", "nbserverless")
     nbs.config(keep_alive=2.0)  # replicas of finished tests go away quickly
     yield shell

@@ -116,14 +116,13 @@ def test_runtime_env():
         ("line", "config 'keep_alive=1", "No closing quotation"),
     ],
 )
-def test_magic_option_strings_fail_with_one_usage_line(magic, line, message):
+def test_magic_option_strings_fail_with_one_usage_line(magic, line, message, shell):
     """At parse time, before any pool or cluster: a UsageError (IPython shows its one line)."""
     from IPython.core.error import UsageError
-    from IPython.testing.globalipapp import get_ipython
 
     from nbserverless.notebook.magics import ServerlessMagics
 
-    magics = ServerlessMagics(shell=get_ipython())
+    magics = ServerlessMagics(shell=shell)
     with pytest.raises(UsageError, match=message) as info:
         if magic == "cell":
             magics.serverless_cell(line, "x = 1\n")

@@ -57,21 +57,18 @@ def test_a_kernel_secret_reaches_no_replica_unless_passed_with_env(ray_cluster, 
     assert peek() is None  # a warm process that served env= does not keep it for others
 
 
-def test_a_notebook_function_ships_its_own_lines_not_its_cells(ray_cluster):
+def test_a_notebook_function_ships_its_own_lines_not_its_cells(ray_cluster, shell):
     """A literal elsewhere in the defining cell (never read by the function) does not reach the
     replica, not even its ``linecache`` (used for remote tracebacks)."""
-    from IPython.testing.globalipapp import get_ipython
-
-    ip = get_ipython()
     cell = (
         f'API_KEY = "{SECRET}"\n'
         "def lines_seen():\n"
         "    import linecache\n"
         "    return ''.join(''.join(linecache.getlines(f)) for f in list(linecache.cache))\n"
     )
-    result = ip.run_cell(cell, store_history=True)
+    result = shell.run_cell(cell, store_history=True)
     assert result.success, result.error_in_exec
-    seen = nbs.remote(cpus=0.1)(ip.user_ns["lines_seen"])()
+    seen = nbs.remote(cpus=0.1)(shell.user_ns["lines_seen"])()
     assert "def lines_seen" in seen or seen == ""  # its own lines may be there for tracebacks
     assert SECRET not in seen
 

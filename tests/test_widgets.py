@@ -18,11 +18,7 @@ from nbserverless.notebook import render, widgets
 
 
 @pytest.fixture
-def ip():
-    # the session's one IPython shell (test_magics uses it too, whichever file runs first)
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
+def ip(shell):
     METER.reset()
     pricing.set_prices(cpu=1.0, memory=0.0, gpu=0.0, request=0.0)
     widgets.register(shell, rich=True)
