@@ -175,12 +175,16 @@ def connect(
 
 def _after_connect() -> None:
     """On a cluster whose autoscaler adds nodes, warm stand-ins would keep a node up (or
-    launch one) for nobody: ``prewarm`` drops to 0 unless the user set it."""
+    launch one) for nobody: ``prewarm`` drops to 0 unless the user set it. Its nodes are
+    counted from here on, so ``node_history`` starts with the nodes found at connect."""
     if _state["embedded"] or not _ray_initialized():
         return
     from .. import settings
 
-    if autoscaling() and settings.get("prewarm") == settings.DEFAULTS["prewarm"]:
+    if not autoscaling():
+        return
+    summary()
+    if settings.get("prewarm") == settings.DEFAULTS["prewarm"]:
         settings.update(prewarm=0)
         _state["prewarm_auto"] = True
         log.info("an autoscaler manages this cluster's nodes: prewarm=0 (no warm stand-ins)")

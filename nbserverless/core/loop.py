@@ -1,5 +1,6 @@
 """The kernel's tick thread (the supervisor): keep-alive, timeouts, cancellation grace, giving
-way between pools, and registered hooks (the warm stock's refill).
+way between pools, the node ledger on an autoscaling cluster, and registered hooks (the warm
+stock's refill).
 
 Example: ``SUPERVISOR.ensure_running()``; ``SUPERVISOR.hooks.append(fn)``.
 """
@@ -17,6 +18,7 @@ from . import cluster
 
 log = logging.getLogger("nbserverless")
 CANCEL_GRACE_S = 2.0
+NODES_EVERY_S = 1.0  # how often the node ledger is fed on an autoscaling cluster
 
 
 class _Registry:
@@ -65,6 +67,7 @@ class Supervisor:
         self.hooks: list[Callable[[float], None]] = []  # e.g. the warm stock's refill
         self._lock = threading.Lock()
         self._failing: set[int] = set()  # pools whose last tick failed (logged once)
+        self._nodes_due = 0.0
 
     def ensure_running(self) -> None:
         with self._lock:
@@ -103,6 +106,11 @@ class Supervisor:
                 pool.force_cancel(job)
             except Exception:
                 log.exception("nbserverless: force cancel failed")
+        if now >= self._nodes_due and cluster.autoscaling():
+            # Node cost is metered between observations: follow the nodes while connected,
+            # not only when a view asks.
+            self._nodes_due = now + NODES_EVERY_S
+            cluster.summary()
         if cluster.address() is not None:
             for hook in list(self.hooks):
                 try:
