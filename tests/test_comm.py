@@ -6,7 +6,6 @@ and sends comm messages on the shell channel like the lab extension does.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import time
@@ -15,7 +14,7 @@ import uuid
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from nbserverless.notebook import comm as nbs_comm
+from nbserverless.notebook import snapshot
 
 TARGET = "nbserverless"
 
@@ -164,7 +163,7 @@ def test_comm_open_and_first_snapshot(kernel, kernel_comm_id):
     snap = snapshot_of(snap_msg)
     assert snap["version"] == 2
     assert isinstance(snap["time"], float) and snap["time"] > 1.7e9
-    assert set(snap["cluster"]) == {*nbs_comm.CLUSTER_FIELDS, "node_history"}
+    assert set(snap["cluster"]) == {*snapshot.CLUSTER_FIELDS, "node_history"}
     assert isinstance(snap["functions"], list)
     assert set(snap["totals"]) >= {"invocations", "cost"}
 
@@ -175,7 +174,7 @@ def test_snapshot_follows_meter(kernel, kernel_comm_id):
         snapshot_where(kernel_comm_id, lambda s: (fn(s, "square") or {}).get("invocations") == 7)
     )
     f = fn(snapshot_of(msg), "square")
-    for key in nbs_comm.FUNCTION_FIELDS:
+    for key in snapshot.FUNCTION_FIELDS:
         assert key in f, key
     assert f["errors"] == 0
     assert f["p50_ms"] is not None and f["p50_ms"] > 0
@@ -348,63 +347,3 @@ def test_unload_closes_comms_and_stops_sending(kernel, kernel_comm_id):
     cid2 = kernel.wait_iopub(is_open)["content"]["comm_id"]
     assert cid2 != kernel_comm_id
     kernel.wait_iopub(snapshot_where(cid2, lambda s: fn(s, "after_stop") is not None))
-
-
-def test_schema_v2_cluster_nodes_and_no_secrets():
-    now = time.time()
-    history = [[now - 200 + i, i % 4] for i in range(100)]
-    summary = {
-        "address": "ray://head:10001", "nodes": 3, "cpus": 8.0, "cpus_used": 2.0, "gpus": 1.0,
-        "gpus_used": 0.0, "worker_nodes": 2, "nodes_pending": 1, "nodes_peak": 4,
-        "autoscaling": True, "node_cost": 0.0123, "node_cost_always_on": float("inf"),
-        "node_history": history + [[now, float("nan")], "bad"],
-        "token": "s3cret-token", "auth": {"token": "s3cret-token"},
-    }  # fmt: skip
-    snap = nbs_comm.build_snapshot(now=now, cluster=summary)
-    c = snap["cluster"]
-    assert snap["version"] == nbs_comm.SCHEMA_VERSION == 2
-    assert set(c) == {*nbs_comm.CLUSTER_FIELDS, "node_history"}
-    assert (c["worker_nodes"], c["nodes_pending"], c["nodes_peak"], c["autoscaling"]) == (
-        2, 1, 4, True,
-    )  # fmt: skip
-    assert c["node_cost"] == 0.0123 and c["node_cost_always_on"] is None  # inf is not JSON
-    assert c["node_history"] == history[-nbs_comm.NODE_HISTORY_POINTS :]
-    assert c["address"] == "ray://head:10001"
-    import json
-
-    assert "s3cret" not in json.dumps(snap, allow_nan=False)
-    # an old-style summary still gives every field (None where unknown)
-    old = nbs_comm.build_snapshot(cluster={"address": "local", "nodes": 1})["cluster"]
-    assert old["nodes_peak"] is None and old["node_history"] == []
-
-
-def test_schema_v2_function_rows_carry_the_wait_and_the_keep_alive():
-    from nbserverless.metering.meter import METER
-
-    METER.reset()
-    fm = METER.function("v2row", name="v2row")
-    fm.keep_alive_label = "keep-alive 60 s (fixed, learning 3/10)"
-    fm.submitted()
-    fm.waiting_for_node, fm.waiting_for_node_s = 1, 4.25
-    try:
-        (f,) = [f for f in nbs_comm.build_snapshot(cluster={})["functions"] if f["name"] == "v2row"]
-        assert (f["waiting_for_node"], f["waiting_for_node_s"]) == (1, 4.25)
-        assert f["keep_alive"] == "keep-alive 60 s (fixed, learning 3/10)"
-        before = nbs_comm._meter_version()
-        fm.waiting_for_node_s = 5.5  # a new whole second: the sender must notice
-        assert nbs_comm._meter_version() != before
-    finally:
-        METER.reset()
-
-
-def test_json_safe_values():
-    d = nbs_comm._clean_dict(
-        {"p50_ms": float("nan"), "cost": float("inf"), "n": 3, "x": [1], "name": "f", 3: 4}
-    )
-    assert d == {"p50_ms": None, "cost": None, "n": 3, "name": "f"}
-    snap = nbs_comm.build_snapshot()
-    import json
-
-    text = json.dumps(snap, allow_nan=False)
-    assert json.loads(text)["type"] == "snapshot"
-    assert not math.isnan(snap["time"])

@@ -97,7 +97,7 @@ def test_names_are_escaped_everywhere(ip):
 
 
 def test_replica_counts_agree_between_widget_dashboard_stats_and_panel(ip):
-    from nbserverless.notebook import comm
+    from nbserverless.notebook import snapshot
 
     run(ip, CALLS.format(key="t_reps", name="reps", n=2) + "fm.replica_started('r2')\n")
     t = time.time()
@@ -105,7 +105,7 @@ def test_replica_counts_agree_between_widget_dashboard_stats_and_panel(ip):
     d = dash.dashboard(rich=False)
     d._sample(force=True)
     (board,) = [f for f in d.snapshot["functions"] if f["name"] == "reps"]
-    (panel,) = [f for f in comm.build_snapshot(now=t, cluster={})["functions"]
+    (panel,) = [f for f in snapshot.build_snapshot(now=t, cluster={})["functions"]
                 if f["name"] == "reps"]  # fmt: skip
     (cell,) = widgets.INLINE.last.final["functions"]
     assert stats["replicas"] == board["replicas"] == panel["replicas"] == cell["replicas"] == 2

@@ -1,15 +1,5 @@
-"""Kernel end of the ``nbserverless`` comm that feeds the JupyterLab side panel.
-
-The schema is DESIGN.md "Comm message schema". Kernel -> lab::
-
-    {"type": "snapshot", "version": 2, "time": ..., "cluster": {...},
-     "functions": [{...}, ...], "totals": {...}}
-
-Version 2 adds to ``cluster`` the nodes (``worker_nodes``, ``nodes_pending``, ``nodes_peak``,
-``autoscaling``, ``node_cost``, ``node_cost_always_on`` and ``node_history``, the last
-``NODE_HISTORY_POINTS`` changes as ``[[unix time, nodes], ...]``) and to each function
-``waiting_for_node``, ``waiting_for_node_s`` and ``keep_alive`` (text). The cluster's address
-is sent as before; a token never is (only the fields listed here leave the kernel).
+"""Kernel end of the ``nbserverless`` comm that feeds the JupyterLab side panel: it sends the
+snapshots of ``snapshot.py`` (DESIGN.md "Comm message schema") and runs the lab's commands.
 
 lab -> kernel: ``{"type": "command", "command": "scale_to_zero" | "reset" | "refresh"}``;
 anything else is ignored and logged.
@@ -24,217 +14,27 @@ lab asked with ``refresh``). ``stop()`` closes the comms and ends the thread.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import Any
 
+from .snapshot import (
+    SCHEMA_VERSION,
+    build_snapshot,
+    cluster_entry,
+    cluster_now,
+    current_meter,
+    meter_version,
+)
+
 log = logging.getLogger(__name__)
 
 TARGET = "nbserverless"
-SCHEMA_VERSION = 2
-NODE_HISTORY_POINTS = 60  # node-count changes sent, newest last
 # node costs grow every second: alone they trigger a snapshot at most this often
 NODE_COST_REFRESH_S = 10.0
 _NODE_COSTS = ("node_cost", "node_cost_always_on")
 MAX_RATE = 4.0  # snapshots per second, at most
 _INTERVAL = 1.0 / MAX_RATE
-
-# Fields of a function entry that the panel reads; anything else the meter offers that is a
-# JSON scalar is passed through as well.
-FUNCTION_FIELDS = (
-    "name",
-    "kind",
-    "invocations",
-    "errors",
-    "retries",
-    "cold_starts",
-    "cancellations",
-    "in_flight",
-    "queued",
-    "replicas",
-    "peak_replicas",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "exec_p50_ms",
-    "exec_p95_ms",
-    "cost",
-    "cost_idle",
-    "always_on_cost",
-    "saving",
-    "waiting_for_node",
-    "waiting_for_node_s",
-    "keep_alive",
-)
-CLUSTER_FIELDS = (
-    "address",
-    "nodes",
-    "cpus",
-    "cpus_used",
-    "gpus",
-    "gpus_used",
-    "worker_nodes",
-    "nodes_pending",
-    "nodes_peak",
-    "autoscaling",
-    "node_cost",
-    "node_cost_always_on",
-)
-
-
-# --------------------------------------------------------------------------------------------
-# Snapshot building (pure, usable without a kernel)
-# --------------------------------------------------------------------------------------------
-
-
-def _json_scalar(v: Any) -> Any:
-    """A JSON-safe scalar or ``None``: NaN/inf and non-scalars become ``None``."""
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    # numpy scalars and the like
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(f):
-        return None
-    return int(f) if f.is_integer() and "int" in type(v).__name__ else f
-
-
-def _clean_dict(d: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if not isinstance(k, str):
-            continue
-        if isinstance(v, (dict, list, tuple, set)):
-            continue
-        out[k] = _json_scalar(v)
-    if fields:
-        for k in fields:
-            out.setdefault(k, None)
-    return out
-
-
-def _meter() -> Any:
-    try:
-        from nbserverless.metering.meter import METER
-    except Exception:  # not written yet, or broken: the panel shows an empty table
-        return None
-    return METER
-
-
-def _meter_version() -> Any:
-    """What a new snapshot depends on: the meter's version and the budget's state."""
-    m = _meter()
-    version = getattr(m, "version", None) if m is not None else None
-    try:
-        from nbserverless import settings
-        from nbserverless.metering import budget
-
-        b = budget._BUDGET
-        version = (version, settings.get("budget"), b.warn, b.exceeded)
-    except Exception:
-        pass
-    try:  # a wait for a node and the keep-alive change without a meter record
-        live = tuple(
-            (fm.waiting_for_node, int(fm.waiting_for_node_s or 0), fm.keep_alive_label)
-            for fm in m.functions()
-        )
-    except Exception:
-        live = ()
-    return (version, live)
-
-
-def _node_history(raw: Any) -> list[list[float]]:
-    """The last ``NODE_HISTORY_POINTS`` ``[time, nodes]`` pairs that are finite numbers."""
-    out: list[list[float]] = []
-    for p in raw if isinstance(raw, (list, tuple)) else ():
-        if isinstance(p, (list, tuple)) and len(p) == 2:
-            t, n = _json_scalar(p[0]), _json_scalar(p[1])
-            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (t, n)):
-                out.append([t, n])
-    return out[-NODE_HISTORY_POINTS:]
-
-
-def cluster_entry(summary: Any) -> dict[str, Any]:
-    """The snapshot's ``cluster`` from a ``cluster.summary()`` dict: only the schema's fields
-    (so nothing else the summary may hold, such as credentials, leaves the kernel).
-
-    Example: ``cluster_entry({"address": "local", "nodes": 1})["nodes_peak"]`` -> ``None``."""
-    src = summary if isinstance(summary, dict) else {}
-    out = _clean_dict({k: src[k] for k in CLUSTER_FIELDS if k in src}, CLUSTER_FIELDS)
-    out["node_history"] = _node_history(src.get("node_history"))
-    return out
-
-
-def _cluster_summary() -> dict[str, Any]:
-    try:
-        from nbserverless.core import cluster
-
-        return cluster_entry(cluster.summary())
-    except Exception:
-        log.debug("nbserverless comm: cluster.summary() failed", exc_info=True)
-        return cluster_entry({})
-
-
-def build_snapshot(
-    now: float | None = None, cluster: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """One snapshot message per DESIGN.md from ``METER.snapshot()`` and ``cluster.summary()``
-    (or the given cluster summary)."""
-    now = time.time() if now is None else now
-    meter = _meter()
-    raw: dict[str, Any] = {}
-    if meter is not None:
-        try:
-            raw = meter.snapshot(now=now) or {}
-        except TypeError:
-            raw = meter.snapshot() or {}
-    functions = []
-    for f in raw.get("functions") or []:
-        entry = _clean_dict(f, FUNCTION_FIELDS)
-        if entry.get("name") is None:
-            continue
-        entry["name"] = str(entry["name"])
-        if not entry.get("invocations"):  # no finished call: no latency (shown as "–")
-            for k in ("p50_ms", "p95_ms", "p99_ms", "exec_p50_ms", "exec_p95_ms"):
-                entry[k] = None
-        functions.append(entry)
-    totals = _clean_dict(raw.get("totals"))
-    totals.setdefault("invocations", sum(int(f.get("invocations") or 0) for f in functions))
-    totals.setdefault("cost", sum(float(f.get("cost") or 0.0) for f in functions))
-    totals["replicas"] = sum(int(f.get("replicas") or 0) for f in functions)
-    msg: dict[str, Any] = {
-        "type": "snapshot",
-        "version": SCHEMA_VERSION,
-        "time": _json_scalar(raw.get("time", now)) or now,
-        "cluster": _cluster_summary() if cluster is None else cluster_entry(cluster),
-        "functions": functions,
-        "totals": totals,
-    }
-    platform = raw.get("platform")
-    if isinstance(platform, dict):
-        msg["platform"] = _clean_dict(platform)
-    prices = raw.get("prices")
-    if isinstance(prices, dict):
-        msg["prices"] = _clean_dict(prices)
-    try:
-        from nbserverless.metering import budget
-
-        b = budget.state()
-    except Exception:
-        log.debug("nbserverless comm: budget state failed", exc_info=True)
-        b = None
-    if b is not None:
-        msg["budget"] = _clean_dict(b)
-    return msg
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +49,7 @@ def _scale_to_zero() -> None:
 
 
 def _reset() -> None:
-    meter = _meter()
+    meter = current_meter()
     if meter is None:
         log.warning("nbserverless comm: reset ignored, no meter")
         return
@@ -410,7 +210,7 @@ class _Channel:
         """Refresh the cluster summary about once a second; a change triggers a snapshot."""
         costs_at = time.monotonic()
         while not self._stop.is_set():
-            summary = _cluster_summary()
+            summary = cluster_now()
             old = self._cluster
             if summary != old:
                 self._cluster = summary
@@ -433,7 +233,7 @@ class _Channel:
                 if self._stop.is_set():
                     break
             self._wake.clear()
-            version = _meter_version()
+            version = meter_version()
             if not self._force and version == self._last_version:
                 continue
             self._force = False
