@@ -3,8 +3,8 @@
 Modelled on ipyparallel's ``client/magics.py``: option sets are declared once as
 ``magic_arguments`` decorators, each magic is a thin parser over one execute function, and
 fixed messages are constants. A cell runs on the pool of its option set (one pool per cell
-and option set, or per ``--name``), so re-running a cell reuses its warm replicas; the pool is
-the core's, running ``capture.run_cell``.
+and option set, or per ``--name``; ``cellpool.py``), so re-running a cell reuses its warm
+replicas.
 
 Example::
 
@@ -20,11 +20,9 @@ Example::
 from __future__ import annotations
 
 import ast
-import itertools
 import pickle
 import sys
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
@@ -33,11 +31,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..errors import RemoteError, RemoteTraceback, SerializationError
 from ..metering.meter import METER
 from ..options import Options
-from ..shipping import dumps_code
 from . import capture
-
-if TYPE_CHECKING:
-    from ..core.pool import Pool
+from .cellpool import cell_pool, close_cell_pools
 
 COMMANDS = ("status", "config", "connect", "prices", "reset", "shutdown")
 NOT_BACK = "nbserverless: not brought back: {items}"
@@ -55,7 +50,6 @@ REPLACED = (
 )
 REASON_MAX = 160
 _SWITCHES = {"inline": bool, "progress": bool, "prewarm": int, "warm_imports": bool}
-_EXECUTOR = dumps_code(capture.run_cell, "run_cell")  # importable: ships by reference
 
 
 def cell_options(f: Any) -> Any:
@@ -88,74 +82,6 @@ def command_args(f: Any) -> Any:
         "args", nargs="*", help="KEY=VALUE settings (config, prices) or the ADDRESS (connect)"
     )(f)
     return magic_arguments.argument("command", choices=COMMANDS, help="what to do")(f)
-
-
-# ---- the cell pools ------------------------------------------------------------------------
-
-
-class CellPool:
-    """The pool of one cell (or one ``--name``) with one option set, running ``run_cell``.
-
-    The call path (and with it Ray) is imported at the first cell, not by ``%load_ext``."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, options: Options, name: str) -> None:
-        from ..handles.invoker import Invoker
-
-        self.options = options
-        self.name = name
-        self.key = f"%%serverless#{next(self._ids)}"
-        self._pool: Pool | None = None
-        self._lock = threading.Lock()
-        self._invoker = Invoker(self, None, False)
-
-    def _get_pool(self) -> Pool:
-        from ..core.pool import Pool
-
-        with self._lock:
-            if self._pool is None or self._pool.closed:
-                pool = Pool(self.name, "cell", _EXECUTOR, {}, None, self.options, key=self.key)
-                pool.prepare()
-                self._pool = pool
-            return self._pool
-
-    def run(self, job: dict[str, Any], name: str) -> dict[str, Any]:
-        """Run ``job`` on a replica, metered under ``name``; blocks (Ctrl-C cancels)."""
-        METER.function(self.key, name=name, kind="cell")
-        return self._invoker.call((job,), {})
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-
-
-_POOLS: dict[tuple, CellPool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def cell_pool(options: Options, identity: str | None, name: str) -> CellPool:
-    """The pool for this option set and cell identity (``None`` with ``--name``), made once.
-
-    Example: ``cell_pool(Options.resolve(cpus=0.5), "src:ab12", "cell[3]").run(job, "cell[3]")``.
-    """
-    key = (options.key(), identity)
-    with _POOLS_LOCK:
-        found = _POOLS.get(key)
-        if found is None:
-            found = _POOLS[key] = CellPool(options, name)
-        return found
-
-
-def close_cell_pools() -> None:
-    """Remove the replicas of every ``%%serverless`` pool (``%unload_ext``).
-
-    Example: ``close_cell_pools()``; the next ``%%serverless`` cell starts cold."""
-    with _POOLS_LOCK:
-        pools = list(_POOLS.values())
-        _POOLS.clear()
-    for p in pools:
-        p.close()
 
 
 # ---- %%serverless ---------------------------------------------------------------------------
