@@ -18,12 +18,12 @@ import threading
 import time
 from typing import Any
 
+from ..metering.meter import METER
 from .snapshot import (
     SCHEMA_VERSION,
     build_snapshot,
     cluster_entry,
     cluster_now,
-    current_meter,
     meter_version,
 )
 
@@ -49,11 +49,7 @@ def _scale_to_zero() -> None:
 
 
 def _reset() -> None:
-    meter = current_meter()
-    if meter is None:
-        log.warning("nbserverless comm: reset ignored, no meter")
-        return
-    meter.reset()
+    METER.reset()
 
 
 # --------------------------------------------------------------------------------------------

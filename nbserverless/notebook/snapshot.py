@@ -21,6 +21,10 @@ import math
 import time
 from typing import Any
 
+from .. import settings
+from ..metering import budget
+from ..metering.meter import METER
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
@@ -106,35 +110,15 @@ def clean_dict(d: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
     return out
 
 
-def current_meter() -> Any:
-    """The kernel's ``METER``, or ``None`` if it cannot be imported (an empty table, not an
-    error in the kernel)."""
-    try:
-        from nbserverless.metering.meter import METER
-    except Exception:
-        return None
-    return METER
-
-
 def meter_version() -> Any:
     """What a new snapshot depends on: the meter's version and the budget's state."""
-    m = current_meter()
-    version = getattr(m, "version", None) if m is not None else None
-    try:
-        from nbserverless import settings
-        from nbserverless.metering import budget
-
-        b = budget._BUDGET
-        version = (version, settings.get("budget"), b.warn, b.exceeded)
-    except Exception:
-        pass
-    try:  # a wait for a node and the keep-alive change without a meter record
-        live = tuple(
-            (fm.waiting_for_node, int(fm.waiting_for_node_s or 0), fm.keep_alive_label)
-            for fm in m.functions()
-        )
-    except Exception:
-        live = ()
+    b = budget._BUDGET
+    version = (METER.version, settings.get("budget"), b.warn, b.exceeded)
+    # a wait for a node and the keep-alive change without a meter record
+    live = tuple(
+        (fm.waiting_for_node, int(fm.waiting_for_node_s or 0), fm.keep_alive_label)
+        for fm in METER.functions()
+    )
     return (version, live)
 
 
@@ -177,13 +161,7 @@ def build_snapshot(
     """One snapshot message per DESIGN.md from ``METER.snapshot()`` and ``cluster.summary()``
     (or the given cluster summary)."""
     now = time.time() if now is None else now
-    meter = current_meter()
-    raw: dict[str, Any] = {}
-    if meter is not None:
-        try:
-            raw = meter.snapshot(now=now) or {}
-        except TypeError:
-            raw = meter.snapshot() or {}
+    raw = METER.snapshot(now=now)
     functions = []
     for f in raw.get("functions") or []:
         entry = clean_dict(f, FUNCTION_FIELDS)
@@ -213,8 +191,6 @@ def build_snapshot(
     if isinstance(prices, dict):
         msg["prices"] = clean_dict(prices)
     try:
-        from nbserverless.metering import budget
-
         b = budget.state()
     except Exception:
         log.debug("nbserverless snapshot: budget state failed", exc_info=True)
